@@ -1,0 +1,140 @@
+package sdk
+
+import (
+	"context"
+	"errors"
+)
+
+// Pair is one (query, document) pair to score.
+type Pair struct {
+	// Query is the search query.
+	Query string
+	// Document is the candidate passage.
+	Document string
+}
+
+// Precision names the numeric format the model runs at.
+type Precision string
+
+// The precisions a backend may offer.
+const (
+	FP32 Precision = "fp32"
+	FP16 Precision = "fp16"
+	BF16 Precision = "bf16"
+	INT8 Precision = "int8"
+)
+
+// LoadConfig tells a backend which model to load and how.
+type LoadConfig struct {
+	// ModelDir is a local directory in Hugging Face layout: config.json,
+	// tokenizer.json, onnx/model.onnx (or model.onnx, or model.safetensors).
+	ModelDir string
+	// ModelName is the name the proxy reports for the model.
+	ModelName string
+	// Precision is the requested precision; empty means the backend's default.
+	Precision Precision
+	// MaxLength is the maximum number of tokens per pair, truncation included.
+	MaxLength int
+	// IntraOpThreads is the number of threads one inference may use; 0 lets
+	// the backend choose.
+	IntraOpThreads int
+	// DisableArena turns off the runtime's memory arena, trading a little
+	// latency for lower resident memory.
+	DisableArena bool
+	// DisableMemPattern turns off memory-pattern planning for the same trade.
+	DisableMemPattern bool
+	// CacheDir, when set, is where a backend may keep converted models.
+	CacheDir string
+	// Options carries backend-specific settings as key/value strings.
+	Options map[string]string
+}
+
+// ModelInfo describes a loaded model and the device it runs on.
+type ModelInfo struct {
+	// Name is the model name as the proxy reports it.
+	Name string
+	// Revision identifies the model's weights (for example the sha256 of the
+	// model file); two models with the same revision give the same scores.
+	Revision string
+	// Device is where inference runs: "cpu", "cuda" or "coreml".
+	Device string
+	// Backend names the plugin, for example "onnx-cpu".
+	Backend string
+	// Precision is the precision the model actually runs at.
+	Precision Precision
+	// Quantization describes the quantization, "none" when there is none.
+	Quantization string
+	// Source is where the weights came from: "onnx", "safetensors" or
+	// "variant file".
+	Source string
+	// MaxLength is the maximum number of tokens per pair the backend applies.
+	MaxLength int
+	// MaxBatchSize is the largest batch the backend accepts in one Score call;
+	// 0 means no limit.
+	MaxBatchSize int
+	// Activation is applied to the logit: "sigmoid", "identity", ….
+	Activation string
+	// SDKMinorVersion is the additive protocol version the plugin speaks.
+	SDKMinorVersion uint32
+	// Details are extra facts worth logging, such as the model file used.
+	Details map[string]string
+}
+
+// State is a backend's loading state.
+type State int
+
+// The loading states.
+const (
+	StateLoading State = iota + 1
+	StateReady
+	StateFailed
+)
+
+// String returns the state's lowercase name.
+func (s State) String() string {
+	switch s {
+	case StateLoading:
+		return "loading"
+	case StateReady:
+		return "ready"
+	case StateFailed:
+		return "failed"
+	}
+	return "unknown"
+}
+
+// Health is a backend's answer to a health check.
+type Health struct {
+	// State is the loading state.
+	State State
+	// Message says why the state is what it is, for example the load error.
+	Message string
+	// Model is set once State is StateReady.
+	Model *ModelInfo
+}
+
+// Backend is what a plugin implements.
+type Backend interface {
+	// Load loads the model and returns when it is ready. It is called once.
+	Load(ctx context.Context, cfg LoadConfig) (ModelInfo, error)
+	// Score returns one score per pair, in order, with the model's activation
+	// applied. It returns ErrNotLoaded before Load succeeded and
+	// ErrInvalidInput for pairs it cannot encode. It honours ctx's deadline.
+	Score(ctx context.Context, pairs []Pair) ([]float32, error)
+	// Health reports the loading state.
+	Health(ctx context.Context) (Health, error)
+}
+
+// Sentinel errors travel between plugin and proxy as gRPC status codes; test
+// for them with errors.Is.
+var (
+	// ErrInvalidInput means the request cannot be served as given.
+	ErrInvalidInput = errors.New("invalid input")
+	// ErrNotLoaded means the model is not loaded (yet, or it failed).
+	ErrNotLoaded = errors.New("model not loaded")
+	// ErrOverloaded means the backend refuses work for now.
+	ErrOverloaded = errors.New("backend overloaded")
+	// ErrUnavailable means the backend cannot run at all here, for example
+	// because its execution provider is missing.
+	ErrUnavailable = errors.New("backend unavailable")
+)

@@ -1,0 +1,300 @@
+package sdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/rerank-sidecar/rerank/sdk/internal/rerankv1"
+)
+
+// ProtocolVersion is the go-plugin protocol version: it changes only on a
+// breaking change of the wire protocol.
+const ProtocolVersion = 1
+
+// MinorVersion counts additive changes within ProtocolVersion; plugins report
+// it in ModelInfo and the proxy logs it.
+const MinorVersion uint32 = 0
+
+// PluginName is the name under which the backend is dispensed.
+const PluginName = "backend"
+
+// Handshake is the go-plugin handshake shared by the proxy and plugins. The
+// cookie is not a secret: it only stops a plugin binary run by hand from
+// waiting forever for a proxy.
+var Handshake = plugin.HandshakeConfig{
+	ProtocolVersion:  ProtocolVersion,
+	MagicCookieKey:   "RERANK_PLUGIN_MAGIC_COOKIE",
+	MagicCookieValue: "b6f1c2f4-rerank-backend",
+}
+
+// VersionedPlugins maps each protocol version the proxy speaks to its plugin
+// set.
+func VersionedPlugins() map[int]plugin.PluginSet {
+	return map[int]plugin.PluginSet{
+		ProtocolVersion: {PluginName: &GRPCPlugin{}},
+	}
+}
+
+// GRPCPlugin is the go-plugin glue for Backend over gRPC. Impl is set on the
+// plugin side and nil on the proxy side.
+type GRPCPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	// Impl is the backend served by the plugin process.
+	Impl Backend
+}
+
+var _ plugin.GRPCPlugin = (*GRPCPlugin)(nil)
+
+// GRPCServer registers the backend on the plugin's gRPC server.
+func (p *GRPCPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
+	pb.RegisterBackendServer(s, &grpcServer{impl: p.Impl})
+	return nil
+}
+
+// GRPCClient returns a Backend that calls the plugin over conn.
+func (p *GRPCPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, conn *grpc.ClientConn) (interface{}, error) {
+	return &Client{rpc: pb.NewBackendClient(conn)}, nil
+}
+
+// Option configures Serve.
+type Option func(*serveConfig)
+
+type serveConfig struct {
+	logger hclog.Logger
+	test   *plugin.ServeTestConfig
+}
+
+// WithLogger sets the logger the plugin runtime uses; it must write to
+// stderr, as stdout belongs to the handshake.
+func WithLogger(l hclog.Logger) Option {
+	return func(c *serveConfig) { c.logger = l }
+}
+
+// WithTestConfig serves in-process for tests (see go-plugin's ServeTestConfig).
+func WithTestConfig(t *plugin.ServeTestConfig) Option {
+	return func(c *serveConfig) { c.test = t }
+}
+
+// Serve runs b as a plugin process; it returns when the proxy goes away.
+func Serve(b Backend, opts ...Option) {
+	cfg := serveConfig{}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.logger == nil {
+		cfg.logger = hclog.New(&hclog.LoggerOptions{Output: os.Stderr, JSONFormat: true, Level: hclog.Info})
+	}
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig:  Handshake,
+		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: {PluginName: &GRPCPlugin{Impl: b}}},
+		GRPCServer:       plugin.DefaultGRPCServer,
+		Logger:           cfg.logger,
+		Test:             cfg.test,
+	})
+}
+
+// grpcServer adapts a Backend to the generated gRPC server interface.
+type grpcServer struct {
+	pb.UnimplementedBackendServer
+	impl Backend
+}
+
+var _ pb.BackendServer = (*grpcServer)(nil)
+
+func (s *grpcServer) Load(ctx context.Context, req *pb.LoadRequest) (*pb.LoadResponse, error) {
+	info, err := s.impl.Load(ctx, LoadConfig{
+		ModelDir:          req.GetModelDir(),
+		ModelName:         req.GetModelName(),
+		Precision:         Precision(req.GetPrecision()),
+		MaxLength:         int(req.GetMaxLength()),
+		IntraOpThreads:    int(req.GetIntraOpThreads()),
+		DisableArena:      req.GetDisableArena(),
+		DisableMemPattern: req.GetDisableMemPattern(),
+		CacheDir:          req.GetCacheDir(),
+		Options:           req.GetOptions(),
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.LoadResponse{Model: infoToProto(&info)}, nil
+}
+
+func (s *grpcServer) Score(ctx context.Context, req *pb.ScoreRequest) (*pb.ScoreResponse, error) {
+	pairs := make([]Pair, len(req.GetPairs()))
+	for i, p := range req.GetPairs() {
+		pairs[i] = Pair{Query: p.GetQuery(), Document: p.GetDocument()}
+	}
+	scores, err := s.impl.Score(ctx, pairs)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if len(scores) != len(pairs) {
+		return nil, status.Errorf(codes.Internal, "backend returned %d scores for %d pairs", len(scores), len(pairs))
+	}
+	return &pb.ScoreResponse{Scores: scores}, nil
+}
+
+func (s *grpcServer) Health(ctx context.Context, _ *pb.HealthRequest) (*pb.HealthResponse, error) {
+	h, err := s.impl.Health(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &pb.HealthResponse{State: pb.HealthResponse_State(h.State), Message: h.Message}
+	if h.Model != nil {
+		resp.Model = infoToProto(h.Model)
+	}
+	return resp, nil
+}
+
+// Client is the proxy-side Backend that calls a plugin over gRPC.
+type Client struct {
+	rpc pb.BackendClient
+}
+
+var _ Backend = (*Client)(nil)
+
+// Load asks the plugin to load a model.
+func (c *Client) Load(ctx context.Context, cfg LoadConfig) (ModelInfo, error) {
+	resp, err := c.rpc.Load(ctx, &pb.LoadRequest{
+		ModelDir:          cfg.ModelDir,
+		ModelName:         cfg.ModelName,
+		Precision:         string(cfg.Precision),
+		MaxLength:         int32(cfg.MaxLength),
+		IntraOpThreads:    int32(cfg.IntraOpThreads),
+		DisableArena:      cfg.DisableArena,
+		DisableMemPattern: cfg.DisableMemPattern,
+		CacheDir:          cfg.CacheDir,
+		Options:           cfg.Options,
+	})
+	if err != nil {
+		return ModelInfo{}, fromStatus(err)
+	}
+	return infoFromProto(resp.GetModel()), nil
+}
+
+// Score sends pairs to the plugin; ctx's deadline becomes the gRPC deadline.
+func (c *Client) Score(ctx context.Context, pairs []Pair) ([]float32, error) {
+	req := &pb.ScoreRequest{Pairs: make([]*pb.Pair, len(pairs))}
+	for i := range pairs {
+		req.Pairs[i] = &pb.Pair{Query: pairs[i].Query, Document: pairs[i].Document}
+	}
+	resp, err := c.rpc.Score(ctx, req)
+	if err != nil {
+		return nil, fromStatus(err)
+	}
+	if len(resp.GetScores()) != len(pairs) {
+		return nil, fmt.Errorf("sdk: plugin returned %d scores for %d pairs", len(resp.GetScores()), len(pairs))
+	}
+	return resp.GetScores(), nil
+}
+
+// Health asks the plugin for its loading state.
+func (c *Client) Health(ctx context.Context) (Health, error) {
+	resp, err := c.rpc.Health(ctx, &pb.HealthRequest{})
+	if err != nil {
+		return Health{}, fromStatus(err)
+	}
+	h := Health{State: State(resp.GetState()), Message: resp.GetMessage()}
+	if resp.GetModel() != nil {
+		info := infoFromProto(resp.GetModel())
+		h.Model = &info
+	}
+	return h, nil
+}
+
+func infoToProto(i *ModelInfo) *pb.ModelInfo {
+	return &pb.ModelInfo{
+		Name:            i.Name,
+		Revision:        i.Revision,
+		Device:          i.Device,
+		Backend:         i.Backend,
+		Precision:       string(i.Precision),
+		Quantization:    i.Quantization,
+		Source:          i.Source,
+		MaxLength:       int32(i.MaxLength),
+		MaxBatchSize:    int32(i.MaxBatchSize),
+		Activation:      i.Activation,
+		SdkMinorVersion: MinorVersion,
+		Details:         i.Details,
+	}
+}
+
+func infoFromProto(p *pb.ModelInfo) ModelInfo {
+	return ModelInfo{
+		Name:            p.GetName(),
+		Revision:        p.GetRevision(),
+		Device:          p.GetDevice(),
+		Backend:         p.GetBackend(),
+		Precision:       Precision(p.GetPrecision()),
+		Quantization:    p.GetQuantization(),
+		Source:          p.GetSource(),
+		MaxLength:       int(p.GetMaxLength()),
+		MaxBatchSize:    int(p.GetMaxBatchSize()),
+		Activation:      p.GetActivation(),
+		SDKMinorVersion: p.GetSdkMinorVersion(),
+		Details:         p.GetDetails(),
+	}
+}
+
+// toStatus turns a backend error into a gRPC status that keeps its sentinel.
+func toStatus(err error) error {
+	code := codes.Internal
+	switch {
+	case errors.Is(err, ErrInvalidInput):
+		code = codes.InvalidArgument
+	case errors.Is(err, ErrNotLoaded):
+		code = codes.FailedPrecondition
+	case errors.Is(err, ErrOverloaded):
+		code = codes.ResourceExhausted
+	case errors.Is(err, ErrUnavailable):
+		code = codes.Unavailable
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	}
+	return status.Error(code, err.Error())
+}
+
+// fromStatus turns a gRPC status back into an error wrapping the sentinel.
+func fromStatus(err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	var sentinel error
+	switch st.Code() {
+	case codes.InvalidArgument:
+		sentinel = ErrInvalidInput
+	case codes.FailedPrecondition:
+		sentinel = ErrNotLoaded
+	case codes.ResourceExhausted:
+		sentinel = ErrOverloaded
+	case codes.Unavailable:
+		sentinel = ErrUnavailable
+	case codes.DeadlineExceeded:
+		sentinel = context.DeadlineExceeded
+	case codes.Canceled:
+		sentinel = context.Canceled
+	default:
+		return fmt.Errorf("plugin: %s", st.Message())
+	}
+	return &remoteError{msg: st.Message(), sentinel: sentinel}
+}
+
+// remoteError carries the plugin's message and the sentinel it stood for.
+type remoteError struct {
+	msg      string
+	sentinel error
+}
+
+func (e *remoteError) Error() string { return "plugin: " + e.msg }
+func (e *remoteError) Unwrap() error { return e.sentinel }
