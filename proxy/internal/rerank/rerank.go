@@ -1,0 +1,220 @@
+// Package rerank turns one rerank request into scored, sorted results: it
+// checks the request against the server's limits, fans the query out to one
+// (query, candidate) pair per candidate, has the next pipeline stage score the
+// pairs, and sorts and trims the results.
+package rerank
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/rerank-sidecar/rerank/sdk"
+)
+
+// Scorer is the next pipeline stage: it returns one score per pair, in order.
+type Scorer interface {
+	Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
+}
+
+// Limits bound what one request may ask for.
+type Limits struct {
+	// MaxCandidates is the largest number of candidates in one request and
+	// the largest top_k.
+	MaxCandidates int
+	// MaxCandidateChars is the longest candidate in Unicode code points.
+	MaxCandidateChars int
+}
+
+// Request is a decoded rerank request; it owns its strings.
+type Request struct {
+	// Query is the search query.
+	Query string
+	// Candidates are the documents to rank.
+	Candidates []string
+	// Model is the model the client asked for; empty means the served one.
+	Model string
+	// TopK, when positive, keeps only the best TopK results; 0 keeps all.
+	TopK int
+	// HasTopK says the client sent a top_k, so TopK must be in range.
+	HasTopK bool
+}
+
+// Result is the score of one candidate.
+type Result struct {
+	// Index is the candidate's position in the request.
+	Index int
+	// Score is the model's score with its activation applied.
+	Score float32
+}
+
+// FieldError is one validation failure, shaped as FastAPI (pydantic v2)
+// reports it so that the API can render it byte for byte.
+type FieldError struct {
+	// Type is pydantic's error type, for example "int_type".
+	Type string `json:"type"`
+	// Loc is the path to the offending value, for example ["body", "top_k"].
+	Loc []any `json:"loc"`
+	// Msg is the human-readable message.
+	Msg string `json:"msg"`
+	// Input is the offending value as received.
+	Input any `json:"input"`
+	// Ctx holds the constraint's parameters, for example {"ge": 1}.
+	Ctx map[string]any `json:"ctx,omitempty"`
+}
+
+// ValidationError is a request refused as given; it wraps sdk.ErrInvalidInput.
+type ValidationError struct {
+	// Fields lists every failure found, in the order found.
+	Fields []FieldError
+}
+
+// Error joins the messages.
+func (e *ValidationError) Error() string {
+	msgs := make([]string, len(e.Fields))
+	for i, f := range e.Fields {
+		msgs[i] = fmt.Sprintf("%v: %s", f.Loc, f.Msg)
+	}
+	return "rerank: invalid request: " + strings.Join(msgs, "; ")
+}
+
+// Unwrap makes errors.Is(err, sdk.ErrInvalidInput) hold.
+func (e *ValidationError) Unwrap() error { return sdk.ErrInvalidInput }
+
+// invalid returns a ValidationError with one field.
+func invalid(f FieldError) error { return &ValidationError{Fields: []FieldError{f}} }
+
+// Service validates, fans out, scores, sorts and trims.
+type Service struct {
+	next      Scorer
+	limits    Limits
+	modelName string
+}
+
+// New returns a Service that scores with next and serves the model named
+// modelName (a repo id such as "BAAI/bge-reranker-v2-m3" or a local name).
+func New(next Scorer, limits Limits, modelName string) *Service {
+	return &Service{next: next, limits: limits, modelName: modelName}
+}
+
+// ModelName is the name of the served model.
+func (s *Service) ModelName() string { return s.modelName }
+
+// Validate checks req against the limits and the served model without
+// scoring anything.
+func (s *Service) Validate(req *Request) error {
+	if req.Model != "" && !s.accepts(req.Model) {
+		return invalid(FieldError{
+			Type:  "value_error",
+			Loc:   []any{"body", "model"},
+			Msg:   fmt.Sprintf("unsupported model %q: this server serves %q", req.Model, s.modelName),
+			Input: req.Model,
+		})
+	}
+	if n := len(req.Candidates); n > s.limits.MaxCandidates {
+		return invalid(FieldError{
+			Type:  "too_long",
+			Loc:   []any{"body", "candidates"},
+			Msg:   fmt.Sprintf("too many candidates: %d, the limit is max_candidates=%d (RERANK_MAX_CANDIDATES)", n, s.limits.MaxCandidates),
+			Input: n,
+			Ctx:   map[string]any{"max_length": s.limits.MaxCandidates, "actual_length": n},
+		})
+	}
+	for i, c := range req.Candidates {
+		// A string has at least as many bytes as code points: only long
+		// ones need counting.
+		if len(c) <= s.limits.MaxCandidateChars {
+			continue
+		}
+		if n := utf8.RuneCountInString(c); n > s.limits.MaxCandidateChars {
+			return invalid(FieldError{
+				Type:  "string_too_long",
+				Loc:   []any{"body", "candidates", i},
+				Msg:   fmt.Sprintf("candidate %d is %d characters long, the limit is max_candidate_chars=%d (RERANK_MAX_CANDIDATE_LENGTH)", i, n, s.limits.MaxCandidateChars),
+				Input: n,
+				Ctx:   map[string]any{"max_length": s.limits.MaxCandidateChars},
+			})
+		}
+	}
+	if req.HasTopK {
+		if req.TopK < 1 {
+			return invalid(FieldError{
+				Type:  "greater_than_equal",
+				Loc:   []any{"body", "top_k"},
+				Msg:   "Input should be greater than or equal to 1",
+				Input: req.TopK,
+				Ctx:   map[string]any{"ge": 1},
+			})
+		}
+		if req.TopK > s.limits.MaxCandidates {
+			return invalid(FieldError{
+				Type:  "less_than_equal",
+				Loc:   []any{"body", "top_k"},
+				Msg:   fmt.Sprintf("Input should be less than or equal to %d", s.limits.MaxCandidates),
+				Input: req.TopK,
+				Ctx:   map[string]any{"le": s.limits.MaxCandidates},
+			})
+		}
+	}
+	return nil
+}
+
+// accepts reports whether name is the served model's full id or its last
+// path segment.
+func (s *Service) accepts(name string) bool {
+	if name == s.modelName {
+		return true
+	}
+	last := s.modelName
+	if i := strings.LastIndexByte(last, '/'); i >= 0 {
+		last = last[i+1:]
+	}
+	return name == last
+}
+
+// Rerank scores every candidate against the query and returns the results
+// sorted by score, best first, ties in input order, trimmed to TopK. An empty
+// candidate list returns no results without calling the next stage.
+func (s *Service) Rerank(ctx context.Context, req *Request) ([]Result, error) {
+	if err := s.Validate(req); err != nil {
+		return nil, err
+	}
+	if len(req.Candidates) == 0 {
+		return []Result{}, nil
+	}
+	pairs := make([]sdk.Pair, len(req.Candidates))
+	for i, c := range req.Candidates {
+		pairs[i] = sdk.Pair{Query: req.Query, Document: c}
+	}
+	scores, err := s.next.Score(ctx, pairs)
+	if err != nil {
+		return nil, fmt.Errorf("rerank: scoring %d pairs: %w", len(pairs), err)
+	}
+	if len(scores) != len(pairs) {
+		return nil, fmt.Errorf("rerank: got %d scores for %d pairs", len(scores), len(pairs))
+	}
+	results := make([]Result, len(scores))
+	for i, sc := range scores {
+		if math.IsNaN(float64(sc)) || math.IsInf(float64(sc), 0) {
+			return nil, fmt.Errorf("rerank: the backend returned the non-finite score %v for candidate %d", sc, i)
+		}
+		results[i] = Result{Index: i, Score: sc}
+	}
+	// A stable sort keeps equal scores in input order.
+	slices.SortStableFunc(results, func(a, b Result) int {
+		switch {
+		case a.Score > b.Score:
+			return -1
+		case a.Score < b.Score:
+			return 1
+		}
+		return 0
+	})
+	if req.TopK > 0 && req.TopK < len(results) {
+		results = results[:req.TopK]
+	}
+	return results, nil
+}
