@@ -1,0 +1,207 @@
+package crossencoder
+
+import (
+	"fmt"
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+	"strconv"
+)
+
+// Tensor is one weight tensor: its shape and its values in row-major order.
+type Tensor struct {
+	// Shape is the tensor's dimensions, PyTorch layout.
+	Shape []int64
+	// Data holds the values, row-major; its length is the product of Shape.
+	Data []float32
+}
+
+// Weights gives the model's tensors by their Hugging Face PyTorch names,
+// for example "bert.encoder.layer.0.attention.self.query.weight".
+type Weights interface {
+	// Tensor returns the named tensor or an error when there is none.
+	Tensor(name string) (Tensor, error)
+}
+
+// Role says what a parameter is, which decides how RandomWeights draws it.
+type Role int
+
+// The parameter roles.
+const (
+	// RoleEmbedding is an embedding table [rows, hidden].
+	RoleEmbedding Role = iota
+	// RoleLinear is a linear layer's weight [out, in].
+	RoleLinear
+	// RoleBias is a linear layer's bias [out].
+	RoleBias
+	// RoleNormScale is a LayerNorm weight (gamma) [hidden].
+	RoleNormScale
+	// RoleNormShift is a LayerNorm bias (beta) [hidden].
+	RoleNormShift
+	// RoleHead is the last linear weight, producing the logits [labels, hidden].
+	RoleHead
+	// RoleHeadBias is the bias of the logits [labels].
+	RoleHeadBias
+)
+
+// Param is one tensor the graph needs: its PyTorch name, shape and role.
+type Param struct {
+	// Name is the Hugging Face PyTorch name.
+	Name string
+	// Shape is the PyTorch shape ([out, in] for linear weights).
+	Shape []int64
+	// Role says what the tensor is.
+	Role Role
+}
+
+// prefix is the PyTorch module name of the encoder for c.Arch.
+func (c Config) prefix() string {
+	if c.Arch == ArchXLMRoberta {
+		return "roberta."
+	}
+	return "bert."
+}
+
+// Params lists every tensor Build reads for c, in graph order.
+func Params(c Config) []Param {
+	h, i := int64(c.Hidden), int64(c.Intermediate)
+	var ps []Param
+	add := func(name string, role Role, shape ...int64) {
+		ps = append(ps, Param{Name: name, Shape: shape, Role: role})
+	}
+	linear := func(name string, out, in int64) {
+		add(name+".weight", RoleLinear, out, in)
+		add(name+".bias", RoleBias, out)
+	}
+	norm := func(name string) {
+		add(name+".weight", RoleNormScale, h)
+		add(name+".bias", RoleNormShift, h)
+	}
+	p := c.prefix()
+	add(p+"embeddings.word_embeddings.weight", RoleEmbedding, int64(c.VocabSize), h)
+	add(p+"embeddings.position_embeddings.weight", RoleEmbedding, int64(c.MaxPositions), h)
+	add(p+"embeddings.token_type_embeddings.weight", RoleEmbedding, int64(c.TypeVocabSize), h)
+	norm(p + "embeddings.LayerNorm")
+	for l := 0; l < c.Layers; l++ {
+		lp := p + "encoder.layer." + strconv.Itoa(l) + "."
+		linear(lp+"attention.self.query", h, h)
+		linear(lp+"attention.self.key", h, h)
+		linear(lp+"attention.self.value", h, h)
+		linear(lp+"attention.output.dense", h, h)
+		norm(lp + "attention.output.LayerNorm")
+		linear(lp+"intermediate.dense", i, h)
+		linear(lp+"output.dense", h, i)
+		norm(lp + "output.LayerNorm")
+	}
+	labels := int64(c.NumLabels)
+	if c.Arch == ArchXLMRoberta {
+		linear("classifier.dense", h, h)
+		add("classifier.out_proj.weight", RoleHead, labels, h)
+		add("classifier.out_proj.bias", RoleHeadBias, labels)
+	} else {
+		linear(p+"pooler.dense", h, h)
+		add("classifier.weight", RoleHead, labels, h)
+		add("classifier.bias", RoleHeadBias, labels)
+	}
+	return ps
+}
+
+// Initialisation scales of RandomWeights.
+const (
+	// embeddingStd is Hugging Face's initializer_range: embeddings are
+	// LayerNorm-ed straight away, so their scale only sets the balance
+	// between word, position and type vectors, which HF's init fixes.
+	embeddingStd = 0.02
+	// biasStd makes biases non-zero (HF starts them at zero) so that a bias
+	// wired to the wrong node changes the output and a test can catch it.
+	biasStd = 0.02
+	// headGain scales the logit projection to std headGain/sqrt(hidden):
+	// with unit-variance pooled features this spreads logits over several
+	// units across documents, as a trained reranker's (ms-marco MiniLM's
+	// logits run from about -11 to +10).
+	headGain = 4.0
+)
+
+// RandomWeights returns deterministic random weights for c: the same seed
+// gives bit-identical tensors on every platform and Go version, because each
+// value is computed from math/rand/v2's PCG (a specified algorithm) with
+// integer arithmetic and one IEEE multiplication. Each tensor has its own
+// stream (keyed by its name), so the order of Tensor calls does not matter.
+//
+// Values are normal-shaped (an Irwin–Hall sum of 12 uniforms, mean 0,
+// variance 1, support ±6σ) with these scales: embeddings 0.02 like Hugging
+// Face's init; LayerNorm weight 1 and bias 0; linear weights
+// 1/sqrt(fan_in) (LeCun) and biases 0.02; the logit projection
+// headGain/sqrt(fan_in), bias 0.
+//
+// Linear weights deliberately do not use Hugging Face's 0.02: at that scale
+// attention is uniform and the first-token vector hardly depends on the
+// input (relative spread well under 1% on a 2×32 model), so any head scaled
+// to spread logits would mostly amplify rounding noise, making fp32
+// goldens fragile and reduced-precision comparisons meaningless. With
+// 1/sqrt(fan_in) every layer keeps unit-variance activations and attention
+// is selective, so scores differ across documents for real.
+func RandomWeights(c Config, seed uint64) Weights {
+	ps := map[string]Param{}
+	for _, p := range Params(c) {
+		ps[p.Name] = p
+	}
+	return &randomWeights{params: ps, seed: seed}
+}
+
+// randomWeights is the Weights of RandomWeights.
+type randomWeights struct {
+	params map[string]Param
+	seed   uint64
+}
+
+// Seed returns the seed the weights were drawn with; WriteModelDir records
+// it in config.json.
+func (r *randomWeights) Seed() uint64 { return r.seed }
+
+// Tensor draws the named tensor.
+func (r *randomWeights) Tensor(name string) (Tensor, error) {
+	p, ok := r.params[name]
+	if !ok {
+		return Tensor{}, fmt.Errorf("crossencoder: no tensor %q in this architecture", name)
+	}
+	n := int64(1)
+	for _, d := range p.Shape {
+		n *= d
+	}
+	t := Tensor{Shape: append([]int64(nil), p.Shape...), Data: make([]float32, n)}
+	var std float64
+	switch p.Role {
+	case RoleNormScale:
+		for i := range t.Data {
+			t.Data[i] = 1
+		}
+		return t, nil
+	case RoleNormShift, RoleHeadBias:
+		return t, nil
+	case RoleEmbedding:
+		std = embeddingStd
+	case RoleBias:
+		std = biasStd
+	case RoleLinear:
+		std = 1 / math.Sqrt(float64(p.Shape[1]))
+	case RoleHead:
+		std = headGain / math.Sqrt(float64(p.Shape[1]))
+	}
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	src := rand.NewPCG(r.seed, h.Sum64())
+	// Each uniform has 16 bits, so the 12 come from three 64-bit draws; the
+	// sum minus its mean, over 2^16, has variance (2^32-1)/2^32 ≈ 1.
+	const mean = 6 * 0xFFFF
+	scale := std / 65536
+	for i := range t.Data {
+		var sum int64
+		for k := 0; k < 3; k++ {
+			u := src.Uint64()
+			sum += int64(u&0xFFFF) + int64(u>>16&0xFFFF) + int64(u>>32&0xFFFF) + int64(u>>48)
+		}
+		t.Data[i] = float32(float64(sum-mean) * scale)
+	}
+	return t, nil
+}
