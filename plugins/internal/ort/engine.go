@@ -1,0 +1,594 @@
+package ort
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/hashicorp/go-hclog"
+	ortgo "github.com/yalue/onnxruntime_go"
+
+	"github.com/rerank-sidecar/rerank/sdk"
+	"github.com/rerank-sidecar/rerank/sdk/tokenizer"
+)
+
+// Engine runs cross-encoder models in ONNX Runtime on one execution
+// provider. It implements sdk.Backend; Score is safe for concurrent use.
+type Engine struct {
+	provider Provider
+	backend  string
+	log      hclog.Logger
+	// newEncoder loads the tokenizer; tests replace it to isolate the
+	// engine from the tokenizer.
+	newEncoder func(path string) (pairEncoder, error)
+
+	loadMu sync.Mutex // serialises Load calls
+
+	mu      sync.RWMutex // guards the fields below
+	state   sdk.State
+	message string
+	model   *model
+}
+
+var _ sdk.Backend = (*Engine)(nil)
+
+// pairEncoder is the part of the tokenizer the engine uses.
+type pairEncoder interface {
+	EncodePair(query, document string, opt tokenizer.Options) (tokenizer.Encoding, error)
+}
+
+// Option configures an Engine.
+type Option func(*Engine)
+
+// WithLogger sets the logger; it must write to stderr, as a plugin's stdout
+// belongs to the go-plugin handshake. The default discards nothing: JSON to
+// stderr at info level.
+func WithLogger(l hclog.Logger) Option {
+	return func(e *Engine) { e.log = l }
+}
+
+// New returns an Engine that runs models on provider p and reports itself as
+// backend (for example "onnx-cpu"). Nothing is loaded until Load.
+func New(p Provider, backend string, opts ...Option) *Engine {
+	e := &Engine{
+		provider:   p,
+		backend:    backend,
+		newEncoder: func(path string) (pairEncoder, error) { return tokenizer.FromFile(path) },
+		state:      sdk.StateLoading,
+		message:    "waiting for a model to load",
+	}
+	for _, o := range opts {
+		o(e)
+	}
+	if e.log == nil {
+		e.log = hclog.New(&hclog.LoggerOptions{Name: backend, Output: os.Stderr, JSONFormat: true, Level: hclog.Info})
+	}
+	return e
+}
+
+// inputKind says which encoding field feeds a graph input.
+type inputKind int
+
+const (
+	inputIDs inputKind = iota
+	attentionMask
+	tokenTypeIDs
+	inputKinds // the number of kinds
+)
+
+// inputKindByName maps the input names cross-encoder exports use.
+var inputKindByName = map[string]inputKind{
+	"input_ids":      inputIDs,
+	"attention_mask": attentionMask,
+	"token_type_ids": tokenTypeIDs,
+}
+
+// graphInput is one input the session is fed, in session order.
+type graphInput struct {
+	name  string
+	kind  inputKind
+	int32 bool // int32 elements; int64 otherwise
+}
+
+// model is a loaded model: one session, its tokenizer and how to feed it.
+type model struct {
+	info      sdk.ModelInfo
+	session   *ortgo.DynamicAdvancedSession
+	enc       pairEncoder
+	inputs    []graphInput
+	numLabels int
+	act       activation
+	maxLength int
+	maxBatch  int
+	padID     int64
+	// feeds pools the buffers behind the input and output tensors, so a
+	// steady stream of batches allocates nothing per batch once warm.
+	feeds sync.Pool
+}
+
+// feed holds one batch's tensor buffers; they grow to the largest batch
+// shape seen and are reused for every smaller one.
+type feed struct {
+	i64    [inputKinds][]int64
+	i32    [inputKinds][]int32
+	logits []float32
+}
+
+// tokenBudget is the default number of tokens one inference may hold:
+// 32 pairs of 512 tokens, which keeps a BERT-base attention tensor
+// (batch × heads × length²) to a few hundred MiB. Longer max lengths get
+// proportionally smaller batches.
+const tokenBudget = 32 * 512
+
+// MaxBatchSizeOption is the LoadConfig.Options key that overrides the
+// largest batch run in one inference.
+const MaxBatchSizeOption = "max_batch_size"
+
+// Load loads the model in cfg.ModelDir and creates its session. It fails
+// with an error wrapping sdk.ErrUnavailable when the ONNX Runtime library or
+// the execution provider is missing, and sdk.ErrInvalidInput when the model
+// directory or the configuration is unusable; Health then reports
+// StateFailed with the reason. A failed Load may be retried.
+func (e *Engine) Load(ctx context.Context, cfg sdk.LoadConfig) (sdk.ModelInfo, error) {
+	e.loadMu.Lock()
+	defer e.loadMu.Unlock()
+	e.mu.Lock()
+	if e.model != nil {
+		e.mu.Unlock()
+		return sdk.ModelInfo{}, fmt.Errorf("%s: a model is already loaded (%s): %w", e.backend, e.model.info.Name, sdk.ErrInvalidInput)
+	}
+	e.state, e.message = sdk.StateLoading, "loading "+cfg.ModelDir
+	e.mu.Unlock()
+
+	m, err := e.load(ctx, cfg)
+
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("%s: %w", e.backend, err)
+		e.state, e.message = sdk.StateFailed, err.Error()
+		e.log.Error("model load failed", "model_dir", cfg.ModelDir, "error", err)
+		return sdk.ModelInfo{}, err
+	}
+	e.state, e.message, e.model = sdk.StateReady, "", m
+	e.log.Info("model loaded", "model", m.info.Name, "file", m.info.Details["model_file"], "revision", m.info.Revision,
+		"device", m.info.Device, "precision", m.info.Precision, "activation", m.info.Activation,
+		"max_length", m.info.MaxLength, "max_batch_size", m.info.MaxBatchSize,
+		"intra_op_threads", m.info.Details["intra_op_threads"], "inputs", m.info.Details["inputs"])
+	return m.info, nil
+}
+
+func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("load: %w", err)
+	}
+	libPath, err := initRuntime()
+	if err != nil {
+		return nil, err
+	}
+	mf, err := resolveModel(cfg)
+	if err != nil {
+		return nil, err
+	}
+	mc, err := readModelConfig(cfg.ModelDir)
+	if err != nil {
+		return nil, err
+	}
+	act, actSource, err := resolveActivation(cfg.ModelDir, mc)
+	if err != nil {
+		return nil, err
+	}
+	maxLength, capped, err := mc.maxLength(cfg.MaxLength)
+	if err != nil {
+		return nil, err
+	}
+	if capped {
+		e.log.Warn("max length capped by the model's position embeddings", "requested", cfg.MaxLength, "applied", maxLength)
+	}
+	maxBatch := max(1, tokenBudget/maxLength)
+	if v, ok := cfg.Options[MaxBatchSizeOption]; ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("ort: option %s=%q is not a positive integer: %w", MaxBatchSizeOption, v, sdk.ErrInvalidInput)
+		}
+		maxBatch = n
+	}
+	enc, err := e.newEncoder(filepath.Join(cfg.ModelDir, "tokenizer.json"))
+	if err != nil {
+		return nil, fmt.Errorf("ort: cannot load tokenizer: %v: %w", err, sdk.ErrInvalidInput)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("load: %w", err)
+	}
+	gio, err := mf.inspect()
+	if err != nil {
+		return nil, err
+	}
+	inputs, err := feedInputs(gio)
+	if err != nil {
+		return nil, err
+	}
+	output, numLabels, err := logitsOutput(gio, mc)
+	if err != nil {
+		return nil, err
+	}
+	if numLabels != 1 {
+		// A reranker gives one score per pair; which label of a
+		// multi-label classifier means "relevant" is not something the
+		// engine can know, so it refuses rather than guess.
+		return nil, fmt.Errorf("ort: model has %d labels; only one-label (reranker) models are supported: %w", numLabels, sdk.ErrInvalidInput)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("load: %w", err)
+	}
+	session, threads, err := e.newSession(mf.Path, inputs, output, cfg)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(inputs))
+	for i, in := range inputs {
+		typ := "int64"
+		if in.int32 {
+			typ = "int32"
+		}
+		names[i] = in.name + ":" + typ
+	}
+	name := cfg.ModelName
+	if name == "" {
+		name = filepath.Base(filepath.Clean(cfg.ModelDir))
+	}
+	m := &model{
+		session:   session,
+		enc:       enc,
+		inputs:    inputs,
+		numLabels: numLabels,
+		act:       act,
+		maxLength: maxLength,
+		maxBatch:  maxBatch,
+		padID:     mc.padID(),
+		info: sdk.ModelInfo{
+			Name:            name,
+			Revision:        mf.Revision,
+			Device:          string(e.provider),
+			Backend:         e.backend,
+			Precision:       mf.Precision,
+			Quantization:    mf.Quantization,
+			Source:          mf.Source,
+			MaxLength:       maxLength,
+			MaxBatchSize:    maxBatch,
+			Activation:      act.name,
+			SDKMinorVersion: sdk.MinorVersion,
+			Details: map[string]string{
+				"model_file":        mf.Path,
+				"ort_library":       libPath,
+				"ort_version":       ortgo.GetVersion(),
+				"intra_op_threads":  threads,
+				"inputs":            strings.Join(names, ","),
+				"output":            output,
+				"activation_source": actSource,
+			},
+		},
+	}
+	m.feeds.New = func() any { return &feed{} }
+	return m, nil
+}
+
+// feedInputs checks the graph's declared inputs and returns how to feed
+// them: input_ids is required, attention_mask and token_type_ids are fed
+// only where declared, as int64 or int32 as typed.
+func feedInputs(g graphIO) ([]graphInput, error) {
+	var inputs []graphInput
+	seen := map[inputKind]bool{}
+	for _, vi := range g.inputs {
+		name := vi.GetName()
+		if g.initializers[name] {
+			continue // IR < 4 lists initializers among the inputs.
+		}
+		kind, ok := inputKindByName[name]
+		if !ok {
+			return nil, fmt.Errorf("ort: graph input %q not supported (supported: input_ids, attention_mask, token_type_ids): %w", name, sdk.ErrInvalidInput)
+		}
+		var is32 bool
+		switch et := vi.GetType().GetTensorType().GetElemType(); et {
+		case int32(ortgo.TensorElementDataTypeInt64):
+		case int32(ortgo.TensorElementDataTypeInt32):
+			is32 = true
+		default:
+			return nil, fmt.Errorf("ort: graph input %q has element type %s; only int64 and int32 are supported: %w", name, ortgo.TensorElementDataType(et), sdk.ErrInvalidInput)
+		}
+		seen[kind] = true
+		inputs = append(inputs, graphInput{name: name, kind: kind, int32: is32})
+	}
+	if !seen[inputIDs] {
+		return nil, fmt.Errorf("ort: graph has no input_ids input: %w", sdk.ErrInvalidInput)
+	}
+	return inputs, nil
+}
+
+// logitsOutput picks the output named "logits", or the graph's only output,
+// and the number of labels: the output's second dimension where the graph
+// fixes it, else the config's label count, else 1.
+func logitsOutput(g graphIO, c modelConfig) (string, int, error) {
+	pick := -1
+	for i, vi := range g.outputs {
+		if vi.GetName() == "logits" {
+			pick = i
+		}
+	}
+	if pick < 0 {
+		if len(g.outputs) != 1 {
+			names := make([]string, len(g.outputs))
+			for i, vi := range g.outputs {
+				names[i] = vi.GetName()
+			}
+			return "", 0, fmt.Errorf("ort: graph has no \"logits\" output and %d outputs (%s): %w", len(names), strings.Join(names, ", "), sdk.ErrInvalidInput)
+		}
+		pick = 0
+	}
+	vi := g.outputs[pick]
+	if et := vi.GetType().GetTensorType().GetElemType(); et != int32(ortgo.TensorElementDataTypeFloat) {
+		return "", 0, fmt.Errorf("ort: output %q has element type %s; only float32 logits are supported: %w", vi.GetName(), ortgo.TensorElementDataType(et), sdk.ErrInvalidInput)
+	}
+	dims := vi.GetType().GetTensorType().GetShape().GetDim()
+	labels := 0
+	switch len(dims) {
+	case 1: // [batch]: one logit per pair.
+		labels = 1
+	case 2:
+		labels = int(dims[1].GetDimValue())
+	default:
+		if vi.GetType().GetTensorType().GetShape() != nil {
+			return "", 0, fmt.Errorf("ort: output %q has rank %d; want [batch, labels]: %w", vi.GetName(), len(dims), sdk.ErrInvalidInput)
+		}
+	}
+	if labels <= 0 {
+		labels = c.labelCount()
+	}
+	if labels <= 0 {
+		labels = 1
+	}
+	return vi.GetName(), labels, nil
+}
+
+// newSession creates the model's one session: all graph optimizations,
+// intra-op threads from cfg (0: ONNX Runtime's default, one per physical
+// core), CPU arena and memory patterns unless cfg turns them off, on the
+// engine's execution provider.
+func (e *Engine) newSession(path string, inputs []graphInput, output string, cfg sdk.LoadConfig) (*ortgo.DynamicAdvancedSession, string, error) {
+	so, err := ortgo.NewSessionOptions()
+	if err != nil {
+		return nil, "", fmt.Errorf("ort: cannot create session options: %v: %w", err, sdk.ErrUnavailable)
+	}
+	defer so.Destroy()
+	if err := so.SetGraphOptimizationLevel(ortgo.GraphOptimizationLevelEnableAll); err != nil {
+		return nil, "", fmt.Errorf("ort: cannot enable graph optimizations: %w", err)
+	}
+	threads := "auto"
+	if cfg.IntraOpThreads < 0 {
+		return nil, "", fmt.Errorf("ort: intra-op threads %d is negative: %w", cfg.IntraOpThreads, sdk.ErrInvalidInput)
+	}
+	if cfg.IntraOpThreads > 0 {
+		if err := so.SetIntraOpNumThreads(cfg.IntraOpThreads); err != nil {
+			return nil, "", fmt.Errorf("ort: cannot set %d intra-op threads: %w", cfg.IntraOpThreads, err)
+		}
+		threads = strconv.Itoa(cfg.IntraOpThreads)
+	}
+	if err := so.SetCpuMemArena(!cfg.DisableArena); err != nil {
+		return nil, "", fmt.Errorf("ort: cannot set the CPU arena: %w", err)
+	}
+	if err := so.SetMemPattern(!cfg.DisableMemPattern); err != nil {
+		return nil, "", fmt.Errorf("ort: cannot set memory patterns: %w", err)
+	}
+	if err := e.provider.appendTo(so, cfg.Options); err != nil {
+		return nil, "", err
+	}
+	names := make([]string, len(inputs))
+	for i, in := range inputs {
+		names[i] = in.name
+	}
+	s, err := ortgo.NewDynamicAdvancedSession(path, names, []string{output}, so)
+	if err != nil {
+		return nil, "", fmt.Errorf("ort: cannot create session for %s: %v: %w", path, err, sdk.ErrInvalidInput)
+	}
+	return s, threads, nil
+}
+
+// Health reports the loading state, and the model once it is ready.
+func (e *Engine) Health(context.Context) (sdk.Health, error) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	h := sdk.Health{State: e.state, Message: e.message}
+	if e.model != nil {
+		info := e.model.info
+		h.Model = &info
+	}
+	return h, nil
+}
+
+// Score returns one score per pair with the model's activation applied. It
+// tokenizes every pair (truncating to the model's max length, longest
+// first), runs batches of at most MaxBatchSize pairs padded to their longest
+// pair, and honours ctx: it checks it before each run, and a context that
+// ends during a run terminates the run through ONNX Runtime's run options
+// (ONNX Runtime stops between graph nodes, so the run ends soon after, not
+// at once).
+func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) {
+	e.mu.RLock()
+	m, msg := e.model, e.message
+	e.mu.RUnlock()
+	if m == nil {
+		return nil, fmt.Errorf("%s: %s: %w", e.backend, msg, sdk.ErrNotLoaded)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%s: score: %w", e.backend, err)
+	}
+	scores := make([]float32, len(pairs))
+	if len(pairs) == 0 {
+		return scores, nil
+	}
+	encs := make([]tokenizer.Encoding, len(pairs))
+	opt := tokenizer.Options{MaxLength: m.maxLength, Truncation: tokenizer.LongestFirst}
+	for i, p := range pairs {
+		if !utf8.ValidString(p.Query) || !utf8.ValidString(p.Document) {
+			return nil, fmt.Errorf("%s: pair %d is not valid UTF-8: %w", e.backend, i, sdk.ErrInvalidInput)
+		}
+		enc, err := m.enc.EncodePair(p.Query, p.Document, opt)
+		if err != nil {
+			return nil, fmt.Errorf("%s: cannot tokenize pair %d: %v: %w", e.backend, i, err, sdk.ErrInvalidInput)
+		}
+		if n := len(enc.IDs); n == 0 || n > m.maxLength {
+			return nil, fmt.Errorf("%s: pair %d encodes to %d tokens, outside 1..%d: %w", e.backend, i, n, m.maxLength, sdk.ErrInvalidInput)
+		}
+		encs[i] = enc
+	}
+	for start := 0; start < len(encs); start += m.maxBatch {
+		end := min(start+m.maxBatch, len(encs))
+		if err := m.run(ctx, encs[start:end], scores[start:end]); err != nil {
+			return nil, fmt.Errorf("%s: %w", e.backend, err)
+		}
+	}
+	return scores, nil
+}
+
+// grow returns buf resliced to n elements, reallocated when too small.
+func grow[T int64 | int32 | float32](buf []T, n int) []T {
+	if cap(buf) < n {
+		return make([]T, n)
+	}
+	return buf[:n]
+}
+
+// run scores one batch into out.
+func (m *model) run(ctx context.Context, encs []tokenizer.Encoding, out []float32) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("score: %w", err)
+	}
+	batch, seq := len(encs), 0
+	for _, enc := range encs {
+		seq = max(seq, len(enc.IDs))
+	}
+	f := m.feeds.Get().(*feed)
+	defer m.feeds.Put(f)
+	shape := ortgo.NewShape(int64(batch), int64(seq))
+	values := make([]ortgo.Value, 0, len(m.inputs)+1)
+	defer func() {
+		for _, v := range values {
+			v.Destroy()
+		}
+	}()
+	for _, in := range m.inputs {
+		var v ortgo.Value
+		var err error
+		if in.int32 {
+			f.i32[in.kind] = grow(f.i32[in.kind], batch*seq)
+			fillInput(f.i32[in.kind], in.kind, encs, seq, int32(m.padID))
+			v, err = ortgo.NewTensor(shape, f.i32[in.kind])
+		} else {
+			f.i64[in.kind] = grow(f.i64[in.kind], batch*seq)
+			fillInput(f.i64[in.kind], in.kind, encs, seq, m.padID)
+			v, err = ortgo.NewTensor(shape, f.i64[in.kind])
+		}
+		if err != nil {
+			return fmt.Errorf("cannot create input tensor %s: %w", in.name, err)
+		}
+		values = append(values, v)
+	}
+	f.logits = grow(f.logits, batch*m.numLabels)
+	logits, err := ortgo.NewTensor(ortgo.NewShape(int64(batch), int64(m.numLabels)), f.logits)
+	if err != nil {
+		return fmt.Errorf("cannot create output tensor: %w", err)
+	}
+	values = append(values, logits)
+	if err := m.runSession(ctx, values[:len(m.inputs)], values[len(m.inputs):]); err != nil {
+		return err
+	}
+	for i := range out {
+		x := float64(f.logits[i*m.numLabels])
+		s := m.act.fn(x)
+		if math.IsNaN(s) || math.IsInf(s, 0) {
+			return fmt.Errorf("model produced a non-finite score (%v from logit %v)", s, x)
+		}
+		out[i] = float32(s)
+	}
+	return nil
+}
+
+// runSession runs the session; when ctx can end, a context that ends during
+// the run sets the run's terminate flag.
+func (m *model) runSession(ctx context.Context, inputs, outputs []ortgo.Value) error {
+	if ctx.Done() == nil {
+		if err := m.session.Run(inputs, outputs); err != nil {
+			return fmt.Errorf("inference failed: %w", err)
+		}
+		return nil
+	}
+	ro, err := ortgo.NewRunOptions()
+	if err != nil {
+		return fmt.Errorf("cannot create run options: %w", err)
+	}
+	// terminateMu keeps the terminate callback from touching ro after it
+	// is destroyed.
+	var terminateMu sync.Mutex
+	destroyed := false
+	stop := context.AfterFunc(ctx, func() {
+		terminateMu.Lock()
+		defer terminateMu.Unlock()
+		if !destroyed {
+			ro.Terminate()
+		}
+	})
+	defer func() {
+		stop()
+		terminateMu.Lock()
+		destroyed = true
+		ro.Destroy()
+		terminateMu.Unlock()
+	}()
+	err = m.session.RunWithOptions(inputs, outputs, ro)
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return fmt.Errorf("score: %w", ctxErr)
+	}
+	if err != nil {
+		return fmt.Errorf("inference failed: %w", err)
+	}
+	return nil
+}
+
+// fillInput writes one input's rows, padded to seq: token ids padded with
+// padID, the attention mask with 0 (1 for every real token where the
+// encoding has no mask), token type ids with 0.
+func fillInput[T int64 | int32](dst []T, kind inputKind, encs []tokenizer.Encoding, seq int, padID T) {
+	for r, enc := range encs {
+		row := dst[r*seq : (r+1)*seq]
+		n := len(enc.IDs)
+		var src []int32
+		pad := T(0)
+		switch kind {
+		case inputIDs:
+			src, pad = enc.IDs, padID
+		case attentionMask:
+			src = enc.AttentionMask
+		case tokenTypeIDs:
+			src = enc.TypeIDs
+		}
+		for i := 0; i < n; i++ {
+			switch {
+			case i < len(src):
+				row[i] = T(src[i])
+			case kind == attentionMask:
+				row[i] = 1
+			default:
+				row[i] = 0
+			}
+		}
+		for i := n; i < seq; i++ {
+			row[i] = pad
+		}
+	}
+}

@@ -1,0 +1,178 @@
+package ort
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/rerank-sidecar/rerank/sdk"
+)
+
+// modelFile is the weights file a Load runs, and what it holds. This is the
+// seam where other precisions and sources (converted FP16/BF16/INT8 graphs,
+// safetensors) plug in: resolveModel decides, the engine only runs the result.
+type modelFile struct {
+	// Path is the ONNX file handed to ONNX Runtime.
+	Path string
+	// Precision is the precision the file computes in.
+	Precision sdk.Precision
+	// Quantization describes the file's quantization, "none" for none.
+	Quantization string
+	// Source is where the weights came from, as sdk.ModelInfo.Source says.
+	Source string
+	// Revision is the sha256 of the file, hex encoded; set by inspect.
+	Revision string
+}
+
+// supportedPrecisions lists the precisions resolveModel can serve today.
+var supportedPrecisions = []sdk.Precision{sdk.FP32}
+
+// onnxCandidates are the model files looked for, in order, relative to the
+// model directory: the layout Hugging Face repositories with ONNX exports use
+// (onnx/model.onnx), then a bare model.onnx.
+var onnxCandidates = []string{filepath.Join("onnx", "model.onnx"), "model.onnx"}
+
+// resolveModel picks the model file for cfg: an FP32 ONNX export for an
+// empty or "fp32" precision; any other precision is refused with the list of
+// supported ones.
+func resolveModel(cfg sdk.LoadConfig) (modelFile, error) {
+	if cfg.ModelDir == "" {
+		return modelFile{}, fmt.Errorf("ort: no model directory given: %w", sdk.ErrInvalidInput)
+	}
+	p := cfg.Precision
+	if p == "" {
+		p = sdk.FP32
+	}
+	if p != sdk.FP32 {
+		names := make([]string, len(supportedPrecisions))
+		for i, s := range supportedPrecisions {
+			names[i] = string(s)
+		}
+		return modelFile{}, fmt.Errorf("ort: precision %q not supported (supported: %s): %w", string(cfg.Precision), strings.Join(names, ", "), sdk.ErrInvalidInput)
+	}
+	var tried []string
+	for _, rel := range onnxCandidates {
+		path := filepath.Join(cfg.ModelDir, rel)
+		st, err := os.Stat(path)
+		if err == nil && st.Mode().IsRegular() {
+			return modelFile{Path: path, Precision: sdk.FP32, Quantization: "none", Source: "onnx"}, nil
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return modelFile{}, fmt.Errorf("ort: cannot read model file %s: %w", path, err)
+		}
+		tried = append(tried, path)
+	}
+	return modelFile{}, fmt.Errorf("ort: no ONNX model in %s (looked for %s): %w", cfg.ModelDir, strings.Join(tried, ", "), sdk.ErrInvalidInput)
+}
+
+// inspect reads the model file once: it hashes it into m.Revision and
+// returns the graph's declared inputs and outputs.
+func (m *modelFile) inspect() (graphIO, error) {
+	f, err := os.Open(m.Path)
+	if err != nil {
+		return graphIO{}, fmt.Errorf("ort: cannot open model file: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	gio, err := scanGraphIO(io.TeeReader(f, h))
+	if err != nil {
+		return graphIO{}, fmt.Errorf("ort: %s is not a readable ONNX model: %v: %w", m.Path, err, sdk.ErrInvalidInput)
+	}
+	m.Revision = hex.EncodeToString(h.Sum(nil))
+	return gio, nil
+}
+
+// modelConfig is the part of a Hugging Face config.json the engine reads.
+type modelConfig struct {
+	// ModelType is "bert", "xlm-roberta", ….
+	ModelType string `json:"model_type"`
+	// MaxPositionEmbeddings is the size of the position embedding table.
+	MaxPositionEmbeddings int `json:"max_position_embeddings"`
+	// PadTokenID is the padding token; nil when the config has none.
+	PadTokenID *int64 `json:"pad_token_id"`
+	// ID2Label names the classifier's labels.
+	ID2Label map[string]string `json:"id2label"`
+	// NumLabels is the label count when id2label is absent.
+	NumLabels int `json:"num_labels"`
+	// SentenceTransformers holds the activation sentence-transformers 4.x
+	// saves into config.json.
+	SentenceTransformers struct {
+		ActivationFn string `json:"activation_fn"`
+	} `json:"sentence_transformers"`
+	// LegacyActivation is where sentence-transformers before 4.0 kept it.
+	LegacyActivation string `json:"sbert_ce_default_activation_function"`
+}
+
+// readModelConfig reads dir/config.json.
+func readModelConfig(dir string) (modelConfig, error) {
+	var c modelConfig
+	path := filepath.Join(dir, "config.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("ort: model directory needs config.json: %v: %w", err, sdk.ErrInvalidInput)
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("ort: cannot parse %s: %v: %w", path, err, sdk.ErrInvalidInput)
+	}
+	return c, nil
+}
+
+// padID is the token id used for padding: the config's pad_token_id, else 0
+// (BERT's [PAD]).
+func (c modelConfig) padID() int64 {
+	if c.PadTokenID != nil {
+		return *c.PadTokenID
+	}
+	return 0
+}
+
+// labelCount is the number of classifier labels the config declares; 0 when
+// it declares none.
+func (c modelConfig) labelCount() int {
+	if len(c.ID2Label) > 0 {
+		return len(c.ID2Label)
+	}
+	return c.NumLabels
+}
+
+// positionLimit is the longest sequence the position embeddings cover, or 0
+// when the config does not say. RoBERTa-family models (XLM-R among them)
+// number positions from padding_idx+1, so they lose that many slots.
+func (c modelConfig) positionLimit() int {
+	if c.MaxPositionEmbeddings <= 0 {
+		return 0
+	}
+	switch c.ModelType {
+	case "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert":
+		return c.MaxPositionEmbeddings - int(c.padID()) - 1
+	}
+	return c.MaxPositionEmbeddings
+}
+
+// defaultMaxLength is the pair length applied when the load asks for none:
+// the usual cross-encoder limit.
+const defaultMaxLength = 512
+
+// maxLength returns the pair length to apply: requested (default 512),
+// capped by what the position embeddings cover; capped reports whether the
+// cap applied.
+func (c modelConfig) maxLength(requested int) (n int, capped bool, err error) {
+	if requested < 0 {
+		return 0, false, fmt.Errorf("ort: max length %d is negative: %w", requested, sdk.ErrInvalidInput)
+	}
+	n = requested
+	if n == 0 {
+		n = defaultMaxLength
+	}
+	if lim := c.positionLimit(); lim > 0 && n > lim {
+		return lim, requested != 0, nil
+	}
+	return n, false, nil
+}
