@@ -134,7 +134,7 @@ func (s *Service) Validate(req *Request) error {
 				Type:  "string_too_long",
 				Loc:   []any{"body", "candidates", i},
 				Msg:   fmt.Sprintf("candidate %d is %d characters long, the limit is max_candidate_chars=%d (RERANK_MAX_CANDIDATE_LENGTH)", i, n, s.limits.MaxCandidateChars),
-				Input: n,
+				Input: c,
 				Ctx:   map[string]any{"max_length": s.limits.MaxCandidateChars},
 			})
 		}

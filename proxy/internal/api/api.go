@@ -1,0 +1,349 @@
+// Package api is the HTTP face of the server, wire-compatible with the
+// FastAPI server it replaces: POST /v1/rerank, GET /health and GET /, with
+// FastAPI's JSON error shapes. It is the one place where errors become HTTP
+// status codes.
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/valyala/fasthttp"
+
+	"github.com/rerank-sidecar/rerank/proxy/internal/rerank"
+	"github.com/rerank-sidecar/rerank/sdk"
+)
+
+// Status is the model's state as /health and / report it.
+type Status struct {
+	// Ready is true once the backend has loaded the model.
+	Ready bool
+	// Failed is true when loading failed and is not being retried.
+	Failed bool
+	// Message says why the model is not ready, when it is not.
+	Message string
+	// Device is where inference runs or will run: cpu, cuda or coreml.
+	Device string
+}
+
+// Config configures a Server.
+type Config struct {
+	// Service validates and scores requests.
+	Service *rerank.Service
+	// Status reports the model's state; it is called on every request and
+	// must be cheap and safe for concurrent use.
+	Status func() Status
+	// Version is reported by GET /.
+	Version string
+	// Timeout is the budget of one rerank request, queue wait and inference
+	// included; 0 means no limit.
+	Timeout time.Duration
+	// MaxBodyBytes is the largest request body accepted; larger ones get 413.
+	MaxBodyBytes int
+	// HealthSections are extra objects in the /health answer, keyed by
+	// section name (for example "local_cache" or "micro_batcher"); each
+	// function returns a value that encodes to JSON, typically a stage's
+	// Stats().
+	HealthSections map[string]func() any
+	// Warning, when set, is said in /health as "warning" and means the
+	// served model must not be trusted, for example a generated test model.
+	Warning string
+	// Logger receives request failures that are the server's fault.
+	Logger hclog.Logger
+}
+
+// DefaultMaxBodyBytes is the default body limit: 2 MiB holds 200 candidates
+// of 4,000 characters of mostly ASCII text with room to spare.
+const DefaultMaxBodyBytes = 2 << 20
+
+// retryAfterSeconds is the Retry-After of a 429: the micro-batcher's queue
+// drains in milliseconds, and one second is the smallest value the header
+// can carry.
+const retryAfterSeconds = "1"
+
+// Server answers the HTTP API.
+type Server struct {
+	cfg      Config
+	sections []string
+	srv      *fasthttp.Server
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) *Server {
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Status == nil {
+		cfg.Status = func() Status { return Status{Ready: true} }
+	}
+	s := &Server{cfg: cfg}
+	for name := range cfg.HealthSections {
+		s.sections = append(s.sections, name)
+	}
+	slices.Sort(s.sections)
+	s.srv = &fasthttp.Server{
+		Handler:            s.Handle,
+		ErrorHandler:       s.handleTransportError,
+		Name:               "rerank-server",
+		MaxRequestBodySize: cfg.MaxBodyBytes,
+		// Idle keep-alive connections are closed after this long, as
+		// reverse proxies keep theirs for about a minute.
+		IdleTimeout: 75 * time.Second,
+		// Read (headers and body) must finish within this, so that a slow
+		// client cannot hold a connection forever.
+		ReadTimeout:          60 * time.Second,
+		NoDefaultContentType: true,
+	}
+	return s
+}
+
+// Serve answers connections from ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// Shutdown stops accepting connections and waits for the open requests to
+// finish or ctx to end.
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
+
+// Handle routes one request.
+func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
+	path := ctx.Path()
+	switch string(path) {
+	case "/v1/rerank":
+		if !ctx.IsPost() {
+			s.methodNotAllowed(ctx, "POST")
+			return
+		}
+		s.rerank(ctx)
+	case "/health":
+		if !ctx.IsGet() && !ctx.IsHead() {
+			s.methodNotAllowed(ctx, "GET, HEAD")
+			return
+		}
+		s.health(ctx)
+	case "/":
+		if !ctx.IsGet() && !ctx.IsHead() {
+			s.methodNotAllowed(ctx, "GET, HEAD")
+			return
+		}
+		s.root(ctx)
+	default:
+		writeDetail(ctx, fasthttp.StatusNotFound, "Not Found")
+	}
+}
+
+func (s *Server) methodNotAllowed(ctx *fasthttp.RequestCtx, allow string) {
+	ctx.Response.Header.Set("Allow", allow)
+	writeDetail(ctx, fasthttp.StatusMethodNotAllowed, "Method Not Allowed")
+}
+
+// handleTransportError answers requests fasthttp could not read.
+func (s *Server) handleTransportError(ctx *fasthttp.RequestCtx, err error) {
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		writeDetail(ctx, fasthttp.StatusRequestEntityTooLarge,
+			fmt.Sprintf("Request body too large: the limit is %d bytes", s.cfg.MaxBodyBytes))
+		return
+	}
+	writeDetail(ctx, fasthttp.StatusBadRequest, "Invalid HTTP request received.")
+}
+
+func (s *Server) rerank(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	// A body that arrived without Content-Length can still exceed the limit
+	// when fasthttp streams; check here as well.
+	body := ctx.PostBody()
+	if len(body) > s.cfg.MaxBodyBytes {
+		writeDetail(ctx, fasthttp.StatusRequestEntityTooLarge,
+			fmt.Sprintf("Request body too large: the limit is %d bytes", s.cfg.MaxBodyBytes))
+		return
+	}
+	// decodeRequest copies every string out of the body: nothing from ctx
+	// is used past this point by any other goroutine.
+	req, err := decodeRequest(body)
+	if err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	if !s.cfg.Status().Ready {
+		writeDetail(ctx, fasthttp.StatusServiceUnavailable, "Model not loaded")
+		return
+	}
+	if err := s.cfg.Service.Validate(req); err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	if len(req.Candidates) == 0 {
+		s.writeResults(ctx, nil, 0)
+		return
+	}
+	rctx, cancel := context.Background(), context.CancelFunc(func() {})
+	if s.cfg.Timeout > 0 {
+		rctx, cancel = context.WithTimeout(rctx, s.cfg.Timeout)
+	}
+	results, err := s.cfg.Service.Rerank(rctx, req)
+	cancel()
+	if err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	s.writeResults(ctx, results, time.Since(start))
+}
+
+// writeResults writes the 200 answer; elapsed 0 is written as 0.0.
+func (s *Server) writeResults(ctx *fasthttp.RequestCtx, results []rerank.Result, elapsed time.Duration) {
+	// About 48 bytes per result and the model name.
+	b := make([]byte, 0, 64+48*len(results)+len(s.cfg.Service.ModelName()))
+	b = append(b, `{"results":[`...)
+	for i, r := range results {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"index":`...)
+		b = strconv.AppendInt(b, int64(r.Index), 10)
+		b = append(b, `,"score":`...)
+		b = appendPythonFloat(b, float64(r.Score))
+		b = append(b, '}')
+	}
+	b = append(b, `],"model":`...)
+	b = appendJSON(b, s.cfg.Service.ModelName())
+	b = append(b, `,"processing_time_ms":`...)
+	// Milliseconds rounded to two decimals, as the Python server did.
+	ms := math.Round(float64(elapsed.Microseconds())/10) / 100
+	b = appendPythonFloat(b, ms)
+	b = append(b, '}')
+	writeJSON(ctx, fasthttp.StatusOK, b)
+}
+
+// health answers GET /health: 503 until the model is loaded, then 200.
+func (s *Server) health(ctx *fasthttp.RequestCtx) {
+	st := s.cfg.Status()
+	code, status := fasthttp.StatusOK, "ok"
+	switch {
+	case st.Failed:
+		code, status = fasthttp.StatusServiceUnavailable, "failed"
+	case !st.Ready:
+		code, status = fasthttp.StatusServiceUnavailable, "loading"
+	}
+	b := make([]byte, 0, 512)
+	b = append(b, `{"status":`...)
+	b = appendJSON(b, status)
+	b = append(b, `,"device":`...)
+	b = appendJSON(b, st.Device)
+	b = append(b, `,"model":`...)
+	b = appendJSON(b, s.cfg.Service.ModelName())
+	if !st.Ready && st.Message != "" {
+		b = append(b, `,"message":`...)
+		b = appendJSON(b, st.Message)
+	}
+	if s.cfg.Warning != "" {
+		b = append(b, `,"warning":`...)
+		b = appendJSON(b, s.cfg.Warning)
+	}
+	for _, name := range s.sections {
+		b = append(b, ',')
+		b = appendJSON(b, name)
+		b = append(b, ':')
+		b = appendJSON(b, s.cfg.HealthSections[name]())
+	}
+	b = append(b, '}')
+	writeJSON(ctx, code, b)
+}
+
+// root answers GET /.
+func (s *Server) root(ctx *fasthttp.RequestCtx) {
+	b := make([]byte, 0, 256)
+	b = append(b, `{"service":"rerank-server","version":`...)
+	b = appendJSON(b, s.cfg.Version)
+	b = append(b, `,"device":`...)
+	b = appendJSON(b, s.cfg.Status().Device)
+	b = append(b, `,"model":`...)
+	b = appendJSON(b, s.cfg.Service.ModelName())
+	b = append(b, '}')
+	writeJSON(ctx, fasthttp.StatusOK, b)
+}
+
+// writeError maps err to its status code and FastAPI-shaped body. This is
+// the one place in the server where errors become status codes.
+func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
+	var ve *rerank.ValidationError
+	switch {
+	case errors.As(err, &ve):
+		b := append([]byte(`{"detail":`), appendJSON(nil, ve.Fields)...)
+		b = append(b, '}')
+		writeJSON(ctx, fasthttp.StatusUnprocessableEntity, b)
+	case errors.Is(err, context.DeadlineExceeded):
+		writeDetail(ctx, fasthttp.StatusGatewayTimeout, "Rerank inference timed out")
+	case errors.Is(err, sdk.ErrOverloaded):
+		ctx.Response.Header.Set("Retry-After", retryAfterSeconds)
+		writeDetail(ctx, fasthttp.StatusTooManyRequests, "Server overloaded, retry later")
+	case errors.Is(err, sdk.ErrNotLoaded), errors.Is(err, sdk.ErrUnavailable):
+		writeDetail(ctx, fasthttp.StatusServiceUnavailable, "Model not loaded")
+	case errors.Is(err, sdk.ErrInvalidInput):
+		// The backend refused the input (for example a pair it cannot
+		// encode): the client's request, not the server, is at fault.
+		writeDetail(ctx, fasthttp.StatusUnprocessableEntity, err.Error())
+	case errors.Is(err, context.Canceled):
+		writeDetail(ctx, fasthttp.StatusServiceUnavailable, "Request cancelled: the server is shutting down")
+	default:
+		s.cfg.Logger.Error("rerank request failed", "error", err)
+		writeDetail(ctx, fasthttp.StatusInternalServerError, "Internal Server Error")
+	}
+}
+
+// writeDetail writes FastAPI's {"detail": "…"} error body.
+func writeDetail(ctx *fasthttp.RequestCtx, code int, detail string) {
+	b := append([]byte(`{"detail":`), appendJSON(nil, detail)...)
+	writeJSON(ctx, code, append(b, '}'))
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, code int, body []byte) {
+	ctx.SetStatusCode(code)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(body)
+}
+
+// appendJSON appends v as compact JSON without HTML escaping, as Python's
+// json.dumps(ensure_ascii=False) writes it.
+func appendJSON(b []byte, v any) []byte {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		// Only non-finite floats fail here, and no caller passes any.
+		return append(b, "null"...)
+	}
+	return append(b, bytes.TrimSuffix(buf.Bytes(), []byte("\n"))...)
+}
+
+// appendPythonFloat appends f as Python's repr(float) writes it: the
+// shortest round-tripping digits, always with a fraction or an exponent,
+// exponent form below 1e-4 and from 1e16 on.
+func appendPythonFloat(b []byte, f float64) []byte {
+	if f == 0 {
+		if math.Signbit(f) {
+			return append(b, "-0.0"...)
+		}
+		return append(b, "0.0"...)
+	}
+	abs := math.Abs(f)
+	if abs < 1e-4 || abs >= 1e16 {
+		return strconv.AppendFloat(b, f, 'e', -1, 64)
+	}
+	start := len(b)
+	b = strconv.AppendFloat(b, f, 'f', -1, 64)
+	if bytes.IndexByte(b[start:], '.') < 0 {
+		b = append(b, ".0"...)
+	}
+	return b
+}
