@@ -17,6 +17,7 @@ require (
 	github.com/molecule-man/go-brrr v1.0.1 // indirect
 	github.com/oklog/run v1.1.0 // indirect
 	github.com/redis/go-redis/v9 v9.23.0 // indirect
+	github.com/rivo/uniseg v0.4.7 // indirect
 	github.com/valyala/bytebufferpool v1.0.0 // indirect
 	github.com/valyala/fasthttp v1.74.0 // indirect
 	github.com/yalue/onnxruntime_go v1.27.0 // indirect
