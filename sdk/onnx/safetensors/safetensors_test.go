@@ -11,7 +11,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rerank-sidecar/rerank/sdk/onnx"
 	"github.com/rerank-sidecar/rerank/sdk/onnx/convert"
+	"github.com/rerank-sidecar/rerank/sdk/onnx/crossencoder"
 )
 
 // sample returns n deterministic values spanning several orders of magnitude
@@ -285,4 +287,51 @@ func FuzzParseHeader(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestCrossencoderWeights(t *testing.T) {
+	// A checkpoint written from RandomWeights builds the same graph bytes as
+	// RandomWeights itself when stored as F32, and the rounded weights when
+	// stored as F16 or BF16.
+	cfg := crossencoder.Config{Arch: crossencoder.ArchBERT, VocabSize: 50, Hidden: 8, Layers: 1, Heads: 2, Intermediate: 16,
+		MaxPositions: 16, TypeVocabSize: 2, PadTokenID: 0, NumLabels: 1, LayerNormEps: 1e-12}
+	w := crossencoder.RandomWeights(cfg, 3)
+	want, err := crossencoder.Build(cfg, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantBytes, err := onnx.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := func(dt DType, same bool) {
+		t.Helper()
+		entries, err := Entries(cfg, w, dt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		if err := WriteSharded(dir, entries, 2); err != nil {
+			t.Fatal(err)
+		}
+		c, err := OpenDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		got, err := crossencoder.Build(cfg, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gotBytes, err := onnx.Marshal(got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Equal(gotBytes, wantBytes) != same {
+			t.Fatalf("%s: graph bytes equal = %v, want %v", dt, !same, same)
+		}
+	}
+	f(F32, true)
+	f(F16, false)
+	f(BF16, false)
 }
