@@ -1,0 +1,154 @@
+package cache
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"hash"
+	"math"
+	"strconv"
+
+	"github.com/rerank-sidecar/rerank/sdk"
+)
+
+// keySize is the length in bytes of a pair's cache key: the first 128 bits of
+// a SHA-256, enough that no two pairs ever share a key by accident.
+const keySize = 16
+
+// keyDomain separates this key scheme from any other use of SHA-256 over the
+// same bytes; bump its version when the encoding changes so old entries are
+// never read back.
+const keyDomain = "rerank-cache-key-v1"
+
+// Identity is everything about a loaded model that changes its scores. Two
+// caches share entries only when every field is equal.
+type Identity struct {
+	// Name is the model name the proxy reports.
+	Name string
+	// Revision identifies the weights, for example the model file's sha256.
+	Revision string
+	// Precision is the precision the model actually runs at.
+	Precision sdk.Precision
+	// Backend names the plugin, for example "onnx-cpu".
+	Backend string
+	// MaxLength is the truncation length in tokens.
+	MaxLength int
+	// Activation is the activation applied to the logit, "identity" for raw.
+	Activation string
+}
+
+// IdentityOf returns the identity of the model a plugin reported after Load.
+func IdentityOf(info sdk.ModelInfo) Identity {
+	return Identity{
+		Name:       info.Name,
+		Revision:   info.Revision,
+		Precision:  info.Precision,
+		Backend:    info.Backend,
+		MaxLength:  info.MaxLength,
+		Activation: info.Activation,
+	}
+}
+
+// digest hashes the identity's fields, each length-prefixed so that no two
+// different identities encode to the same bytes.
+func (id Identity) digest() [sha256.Size]byte {
+	h := sha256.New()
+	writeField(h, keyDomain)
+	writeField(h, id.Name)
+	writeField(h, id.Revision)
+	writeField(h, string(id.Precision))
+	writeField(h, id.Backend)
+	writeField(h, strconv.Itoa(id.MaxLength))
+	writeField(h, id.Activation)
+	var d [sha256.Size]byte
+	h.Sum(d[:0])
+	return d
+}
+
+// writeField writes s to h after its length as 8 little-endian bytes.
+func writeField(h hash.Hash, s string) {
+	var n [8]byte
+	binary.LittleEndian.PutUint64(n[:], uint64(len(s)))
+	h.Write(n[:])
+	h.Write([]byte(s))
+}
+
+// keyer turns pairs into cache keys for one identity.
+type keyer struct {
+	id [sha256.Size]byte
+}
+
+// keys returns the keys of pairs concatenated in one string, keySize bytes
+// per pair: one allocation per request, and key i is a substring of it.
+func (k *keyer) keys(pairs []sdk.Pair) string {
+	buf := make([]byte, 0, len(pairs)*keySize)
+	h := sha256.New()
+	var sum [sha256.Size]byte
+	for i := range pairs {
+		h.Reset()
+		h.Write(k.id[:])
+		writeField(h, pairs[i].Query)
+		writeField(h, pairs[i].Document)
+		buf = append(buf, h.Sum(sum[:0])[:keySize]...)
+	}
+	return string(buf)
+}
+
+// keyAt returns key i of a string built by keys.
+func keyAt(keys string, i int) string {
+	return keys[i*keySize : (i+1)*keySize]
+}
+
+// keyHash is ristretto's KeyToHash for our keys: they are already uniform
+// hash bits, so the two halves serve as the key and conflict hashes.
+func keyHash(k string) (uint64, uint64) {
+	if len(k) < keySize {
+		return 0, 0
+	}
+	var lo, hi uint64
+	for i := 7; i >= 0; i-- {
+		lo = lo<<8 | uint64(k[i])
+		hi = hi<<8 | uint64(k[8+i])
+	}
+	return lo, hi
+}
+
+// redisKeyPrefix names score entries in Redis; the version matches keyDomain.
+const redisKeyPrefix = "rerank:v1:"
+
+// lockKeyPrefix names the dedup lock of a score entry: "lock:" + its key.
+const lockKeyPrefix = "lock:"
+
+// redisKey returns the Redis key of a cache key: readable hex, so operators
+// can inspect entries with redis-cli.
+func redisKey(k string) string {
+	return redisKeyPrefix + hex.EncodeToString([]byte(k))
+}
+
+// valueVersion is the first byte of every value written to Redis; a value
+// with another first byte or length is treated as a miss.
+const valueVersion = 1
+
+// valueSize is a Redis value's length: the version byte and a float32.
+const valueSize = 5
+
+// encodeValue returns the compact Redis value of a score.
+func encodeValue(s float32) string {
+	var b [valueSize]byte
+	b[0] = valueVersion
+	binary.LittleEndian.PutUint32(b[1:], math.Float32bits(s))
+	return string(b[:])
+}
+
+// decodeValue parses a Redis value; ok is false for anything not written by
+// encodeValue or not a finite score.
+func decodeValue(v string) (float32, bool) {
+	if len(v) != valueSize || v[0] != valueVersion {
+		return 0, false
+	}
+	s := math.Float32frombits(binary.LittleEndian.Uint32([]byte(v[1:])))
+	if !finite(s) {
+		return 0, false
+	}
+	return s, true
+}

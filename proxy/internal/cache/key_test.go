@@ -1,0 +1,151 @@
+package cache
+
+import (
+	"math"
+	"testing"
+	"time"
+
+	"github.com/rerank-sidecar/rerank/sdk"
+)
+
+func TestKeysSeparateIdentitiesAndPairs(t *testing.T) {
+	base := Identity{Name: "m", Revision: "sha256:aa", Precision: sdk.FP32, Backend: "onnx-cpu", MaxLength: 512, Activation: "sigmoid"}
+	pair := sdk.Pair{Query: "what is go", Document: "go is a language"}
+	keyOf := func(id Identity, p sdk.Pair) string {
+		k := keyer{id: id.digest()}
+		return k.keys([]sdk.Pair{p})
+	}
+	ref := keyOf(base, pair)
+	if len(ref) != keySize {
+		t.Fatalf("key is %d bytes, want %d", len(ref), keySize)
+	}
+	f := func(name string, id Identity, p sdk.Pair) {
+		t.Helper()
+		if keyOf(id, p) == ref {
+			t.Errorf("%s: same key as the reference", name)
+		}
+	}
+	with := func(mod func(*Identity)) Identity {
+		id := base
+		mod(&id)
+		return id
+	}
+	f("name", with(func(i *Identity) { i.Name = "n" }), pair)
+	f("revision", with(func(i *Identity) { i.Revision = "sha256:ab" }), pair)
+	f("precision", with(func(i *Identity) { i.Precision = sdk.INT8 }), pair)
+	f("backend", with(func(i *Identity) { i.Backend = "onnx-cuda" }), pair)
+	f("max length", with(func(i *Identity) { i.MaxLength = 256 }), pair)
+	f("activation", with(func(i *Identity) { i.Activation = "identity" }), pair)
+	f("query", base, sdk.Pair{Query: "what is go?", Document: pair.Document})
+	f("document", base, sdk.Pair{Query: pair.Query, Document: "go is a language."})
+	f("swapped", base, sdk.Pair{Query: pair.Document, Document: pair.Query})
+
+	// Without length prefixes these two would hash the same bytes.
+	if keyOf(base, sdk.Pair{Query: "ab", Document: "c"}) == keyOf(base, sdk.Pair{Query: "a", Document: "bc"}) {
+		t.Errorf("the boundary between query and document does not change the key")
+	}
+	if keyOf(Identity{Name: "ab", Revision: "c"}, pair) == keyOf(Identity{Name: "a", Revision: "bc"}, pair) {
+		t.Errorf("the boundary between identity fields does not change the key")
+	}
+	if keyOf(base, pair) != ref {
+		t.Errorf("the same identity and pair give different keys")
+	}
+	if keyOf(IdentityOf(sdk.ModelInfo{Name: "m", Revision: "sha256:aa", Precision: sdk.FP32, Backend: "onnx-cpu", MaxLength: 512, Activation: "sigmoid", Device: "cpu"}), pair) != ref {
+		t.Errorf("IdentityOf loses or adds a field")
+	}
+}
+
+func TestKeysOfManyPairs(t *testing.T) {
+	k := keyer{id: Identity{Name: "m"}.digest()}
+	pairs := pairsOf("q", 0, 5)
+	pairs = append(pairs, pairs[1])
+	keys := k.keys(pairs)
+	if len(keys) != len(pairs)*keySize {
+		t.Fatalf("got %d key bytes for %d pairs", len(keys), len(pairs))
+	}
+	if keyAt(keys, 1) != keyAt(keys, 5) {
+		t.Errorf("equal pairs have different keys")
+	}
+	for i := range 5 {
+		if one := k.keys(pairs[i : i+1]); one != keyAt(keys, i) {
+			t.Errorf("key %d depends on the other pairs of the request", i)
+		}
+	}
+}
+
+func TestValueCodec(t *testing.T) {
+	f := func(v string, want float32, wantOK bool) {
+		t.Helper()
+		got, ok := decodeValue(v)
+		if ok != wantOK || (ok && got != want) {
+			t.Errorf("decodeValue(%q) = %v, %v; want %v, %v", v, got, ok, want, wantOK)
+		}
+	}
+	f(encodeValue(0.25), 0.25, true)
+	f(encodeValue(-3.5e-7), -3.5e-7, true)
+	f(encodeValue(0), 0, true)
+	f("", 0, false)
+	f(encodeValue(1)[:4], 0, false)
+	f(encodeValue(1)+"x", 0, false)
+	f("\x02"+encodeValue(1)[1:], 0, false)
+	f(encodeValue(float32(math.NaN())), 0, false)
+	f(encodeValue(float32(math.Inf(1))), 0, false)
+	if len(encodeValue(1)) != valueSize {
+		t.Errorf("value is %d bytes, want %d", len(encodeValue(1)), valueSize)
+	}
+}
+
+func TestKeyHashUsesBothHalves(t *testing.T) {
+	kr := keyer{id: Identity{}.digest()}
+	k := kr.keys(pairsOf("q", 0, 1))
+	lo, hi := keyHash(k)
+	if lo == 0 || hi == 0 || lo == hi {
+		t.Errorf("keyHash = %x, %x", lo, hi)
+	}
+	if lo, hi := keyHash("short"); lo != 0 || hi != 0 {
+		t.Errorf("keyHash of a short string = %x, %x; want 0, 0", lo, hi)
+	}
+}
+
+func TestBreaker(t *testing.T) {
+	now := time.Unix(1000, 0)
+	b := newBreaker(3, time.Second, 4*time.Second)
+	b.now = func() time.Time { return now }
+	f := func(step string, wantAllow, wantClosed bool) {
+		t.Helper()
+		if got := b.allow(); got != wantAllow {
+			t.Fatalf("%s: allow() = %v, want %v", step, got, wantAllow)
+		}
+		if closed, _ := b.state(); closed != wantClosed {
+			t.Fatalf("%s: closed = %v, want %v", step, closed, wantClosed)
+		}
+	}
+	f("fresh", true, true)
+	b.failure()
+	b.failure()
+	f("two failures", true, true)
+	b.success()
+	b.failure()
+	b.failure()
+	f("success resets the count", true, true)
+	b.failure()
+	f("third failure opens", false, false)
+	now = now.Add(999 * time.Millisecond)
+	f("still cooling down", false, false)
+	now = now.Add(time.Millisecond)
+	f("probe", true, false)
+	f("only one probe at a time", false, false)
+	b.failure()
+	now = now.Add(time.Second)
+	f("failed probe doubles the cool-down", false, false)
+	now = now.Add(time.Second)
+	f("second probe", true, false)
+	b.failure()
+	now = now.Add(4 * time.Second)
+	f("cool-down capped at the maximum", true, false)
+	b.success()
+	f("successful probe closes", true, true)
+	if _, opened := b.state(); opened != 3 {
+		t.Errorf("opened %d times, want 3", opened)
+	}
+}

@@ -1,0 +1,100 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// redisServer is a real redis-server the test started on a free loopback
+// port, with persistence off; it is stopped when the test ends.
+type redisServer struct {
+	t    *testing.T
+	port int
+	cmd  *exec.Cmd
+}
+
+// startRedis starts a redis-server for t, or skips t when the binary is not
+// installed (.ci/run installs it, so CI always runs these tests).
+func startRedis(t *testing.T) *redisServer {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("redis-server not installed (apt-get install redis-server); skipping the Redis tests")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("cannot find a free port: %v", err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	s := &redisServer{t: t, port: port}
+	s.start()
+	t.Cleanup(s.kill)
+	return s
+}
+
+// url is the server's redis:// URL.
+func (s *redisServer) url() string {
+	return fmt.Sprintf("redis://127.0.0.1:%d/0", s.port)
+}
+
+// start runs redis-server on s.port and returns once it answers PING.
+func (s *redisServer) start() {
+	s.t.Helper()
+	s.cmd = exec.Command("redis-server",
+		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no",
+		"--loglevel", "warning")
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatalf("cannot start redis-server: %v", err)
+	}
+	c := redis.NewClient(&redis.Options{Addr: s.addr(), MaxRetries: -1, DialerRetries: 1})
+	defer c.Close()
+	// redis-server is up within milliseconds; 500 tries of 10ms bound a
+	// broken start to five seconds.
+	for range 500 {
+		if c.Ping(context.Background()).Err() == nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.t.Fatalf("redis-server on port %d does not answer", s.port)
+}
+
+// kill stops the server at once, as a crash would.
+func (s *redisServer) kill() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+func (s *redisServer) addr() string {
+	return "127.0.0.1:" + strconv.Itoa(s.port)
+}
+
+// client returns a plain client for inspecting the server.
+func (s *redisServer) client() *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: s.addr()})
+	s.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// keys returns the keys matching pattern.
+func (s *redisServer) keys(pattern string) []string {
+	s.t.Helper()
+	ks, err := s.client().Keys(context.Background(), pattern).Result()
+	if err != nil {
+		s.t.Fatalf("KEYS %s: %v", pattern, err)
+	}
+	return ks
+}
+
