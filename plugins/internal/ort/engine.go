@@ -158,7 +158,7 @@ func (e *Engine) Load(ctx context.Context, cfg sdk.LoadConfig) (sdk.ModelInfo, e
 	}
 	e.state, e.message, e.model = sdk.StateReady, "", m
 	e.log.Info("model loaded", "model", m.info.Name, "file", m.info.Details["model_file"], "revision", m.info.Revision,
-		"device", m.info.Device, "precision", m.info.Precision, "activation", m.info.Activation,
+		"device", m.info.Device, "precision", m.info.Precision, "source", m.info.Source, "activation", m.info.Activation,
 		"max_length", m.info.MaxLength, "max_batch_size", m.info.MaxBatchSize,
 		"intra_op_threads", m.info.Details["intra_op_threads"], "inputs", m.info.Details["inputs"])
 	return m.info, nil
@@ -172,7 +172,7 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 	if err != nil {
 		return nil, err
 	}
-	mf, err := resolveModel(cfg)
+	mf, err := resolveModel(cfg, e.provider)
 	if err != nil {
 		return nil, err
 	}
@@ -274,6 +274,9 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 				"activation_source": actSource,
 			},
 		},
+	}
+	for k, v := range mf.Details {
+		m.info.Details[k] = v
 	}
 	m.feeds.New = func() any { return &feed{} }
 	return m, nil

@@ -141,7 +141,7 @@ func TestLoadRefusesUnusableModels(t *testing.T) {
 	}
 	f("no directory", "", sdk.LoadConfig{}, "no model directory")
 	f("no model file", writeSumModelDir(t, good, "", nil, ""), sdk.LoadConfig{}, "no ONNX model")
-	f("fp16", writeSumModelDir(t, good, "model.onnx", nil, ""), sdk.LoadConfig{Precision: sdk.FP16}, "supported: fp32")
+	f("bf16 on cpu", writeSumModelDir(t, good, "model.onnx", nil, ""), sdk.LoadConfig{Precision: sdk.BF16}, "supported on cpu: fp32, fp16, int8")
 	f("unknown activation", writeSumModelDir(t, good, "model.onnx", nil, "torch.nn.modules.activation.Softmax"), sdk.LoadConfig{}, "Softmax")
 	f("two labels", writeSumModelDir(t, sumGraph{mask: true, labels: 2}, "model.onnx", nil, ""), sdk.LoadConfig{}, "2 labels")
 	f("two labels in config", writeSumModelDir(t, sumGraph{mask: true}, "model.onnx",

@@ -4,13 +4,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/rerank-sidecar/rerank/sdk"
 )
@@ -29,47 +26,54 @@ type modelFile struct {
 	Source string
 	// Revision is the sha256 of the file, hex encoded; set by inspect.
 	Revision string
+	// Details are facts for ModelInfo.Details: the variant file used, the
+	// conversion cache entry, what a conversion did.
+	Details map[string]string
 }
-
-// supportedPrecisions lists the precisions resolveModel can serve today.
-var supportedPrecisions = []sdk.Precision{sdk.FP32}
 
 // onnxCandidates are the model files looked for, in order, relative to the
 // model directory: the layout Hugging Face repositories with ONNX exports use
 // (onnx/model.onnx), then a bare model.onnx.
 var onnxCandidates = []string{filepath.Join("onnx", "model.onnx"), "model.onnx"}
 
-// resolveModel picks the model file for cfg: an FP32 ONNX export for an
-// empty or "fp32" precision; any other precision is refused with the list of
-// supported ones.
-func resolveModel(cfg sdk.LoadConfig) (modelFile, error) {
+// resolveModel picks the model file for cfg on provider p. The precision
+// (empty: fp32) must be one p executes (supportMatrix), else the error lists
+// those it does. Then, in order: a variant file the repository ships for
+// that precision (onnx/model_fp16.onnx, …) is used as is; an fp32 ONNX
+// export is used as is for fp32 and converted otherwise; a safetensors
+// checkpoint with config.json is built into a graph at the precision.
+// Converted graphs live in the conversion cache (precision.go).
+func resolveModel(cfg sdk.LoadConfig, p Provider) (modelFile, error) {
 	if cfg.ModelDir == "" {
 		return modelFile{}, fmt.Errorf("ort: no model directory given: %w", sdk.ErrInvalidInput)
 	}
-	p := cfg.Precision
-	if p == "" {
-		p = sdk.FP32
+	prec, err := checkPrecision(p, cfg.Precision)
+	if err != nil {
+		return modelFile{}, err
 	}
-	if p != sdk.FP32 {
-		names := make([]string, len(supportedPrecisions))
-		for i, s := range supportedPrecisions {
-			names[i] = string(s)
-		}
-		return modelFile{}, fmt.Errorf("ort: precision %q not supported (supported: %s): %w", string(cfg.Precision), strings.Join(names, ", "), sdk.ErrInvalidInput)
-	}
-	var tried []string
-	for _, rel := range onnxCandidates {
+	for _, rel := range variantFiles[prec] {
 		path := filepath.Join(cfg.ModelDir, rel)
-		st, err := os.Stat(path)
-		if err == nil && st.Mode().IsRegular() {
-			return modelFile{Path: path, Precision: sdk.FP32, Quantization: "none", Source: "onnx"}, nil
+		ok, err := isFile(path)
+		if err != nil {
+			return modelFile{}, err
 		}
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return modelFile{}, fmt.Errorf("ort: cannot read model file %s: %w", path, err)
+		if ok {
+			q := "none"
+			if prec == sdk.INT8 {
+				q = "int8 (as shipped in " + filepath.Base(rel) + ")"
+			}
+			return modelFile{Path: path, Precision: prec, Quantization: q, Source: "variant file",
+				Details: map[string]string{"variant_file": rel}}, nil
 		}
-		tried = append(tried, path)
 	}
-	return modelFile{}, fmt.Errorf("ort: no ONNX model in %s (looked for %s): %w", cfg.ModelDir, strings.Join(tried, ", "), sdk.ErrInvalidInput)
+	src, err := findSource(cfg.ModelDir)
+	if err != nil {
+		return modelFile{}, err
+	}
+	if src.kind == "onnx" && prec == sdk.FP32 {
+		return modelFile{Path: src.onnxPath, Precision: sdk.FP32, Quantization: "none", Source: "onnx"}, nil
+	}
+	return convertedModel(cfg, src, prec)
 }
 
 // inspect reads the model file once: it hashes it into m.Revision and
