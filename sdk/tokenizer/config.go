@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"strings"
 
 	"golang.org/x/text/unicode/norm"
 )
@@ -56,7 +57,8 @@ func FromBytes(data []byte) (*Tokenizer, error) {
 	}
 	var lookup func(string) (int32, bool)
 	var maxID int64 = -1
-	if t.model, lookup, maxID, err = parseModel(f.Model); err != nil {
+	var modelSize int
+	if t.model, lookup, modelSize, maxID, err = parseModel(f.Model); err != nil {
 		return nil, err
 	}
 	if !isNull(f.Normalizer) {
@@ -68,20 +70,48 @@ func FromBytes(data []byte) (*Tokenizer, error) {
 		if t.pre, err = parsePreTokenizer(f.PreTokenizer); err != nil {
 			return nil, err
 		}
+		t.needFirst = usesFirstScheme(t.pre)
 	}
 
-	added := make(map[string]int32, len(f.AddedTokens))
-	var raw, normalized []addedToken
+	// The reference library re-derives added token ids rather than trusting
+	// the file: special tokens first, then the others, each gets the id it
+	// already has (as an added token or in the model's vocabulary), else the
+	// next free id after the vocabulary and the added tokens.
 	for i, a := range f.AddedTokens {
 		if a.ID == nil || *a.ID < 0 || *a.ID > math.MaxInt32 {
 			return nil, fmt.Errorf("tokenizer: added token %d (%q) has no valid id", i, a.Content)
 		}
-		if a.Content == "" {
-			continue // the reference library ignores empty added tokens
+	}
+	ordered := make([]addedTokenJSON, 0, len(f.AddedTokens))
+	for _, special := range []bool{true, false} {
+		for _, a := range f.AddedTokens {
+			if a.Special == special && a.Content != "" { // empty tokens are ignored
+				ordered = append(ordered, a)
+			}
 		}
-		id := int32(*a.ID)
-		maxID = max(maxID, *a.ID)
-		added[a.Content] = id
+	}
+	added := make(map[string]int32, len(f.AddedTokens))
+	var maxAdded int64 = -1
+	var raw, normalized []addedToken
+	for _, a := range ordered {
+		id, ok := added[a.Content]
+		if !ok {
+			if id, ok = lookup(a.Content); !ok {
+				next := int64(modelSize)
+				if maxAdded >= int64(modelSize) {
+					next = maxAdded + 1
+				}
+				if next > math.MaxInt32 {
+					return nil, fmt.Errorf("tokenizer: added token %q would get id %d, out of range", a.Content, next)
+				}
+				id = int32(next)
+			}
+			added[a.Content] = id
+			maxAdded = max(maxAdded, int64(id))
+		} else {
+			continue // a duplicate: the first one wins
+		}
+		maxID = max(maxID, int64(id))
 		tok := addedToken{content: a.Content, id: id, singleWord: a.SingleWord, lstrip: a.Lstrip, rstrip: a.Rstrip}
 		isNormalized := !a.Special // the reference library's default
 		if a.Normalized != nil {
@@ -123,7 +153,9 @@ func FromBytes(data []byte) (*Tokenizer, error) {
 	return t, nil
 }
 
-func parseModel(raw json.RawMessage) (model, func(string) (int32, bool), int64, error) {
+// parseModel returns the model, its token lookup, its vocabulary size and
+// its largest id.
+func parseModel(raw json.RawMessage) (model, func(string) (int32, bool), int, int64, error) {
 	var m struct {
 		Type string `json:"type"`
 		// WordPiece
@@ -137,7 +169,7 @@ func parseModel(raw json.RawMessage) (model, func(string) (int32, bool), int64, 
 		Merges       json.RawMessage `json:"merges"`
 	}
 	if err := json.Unmarshal(raw, &m); err != nil {
-		return nil, nil, 0, fmt.Errorf("tokenizer: invalid model: %w", err)
+		return nil, nil, 0, 0, fmt.Errorf("tokenizer: invalid model: %w", err)
 	}
 	typ := m.Type
 	if typ == "" {
@@ -158,13 +190,13 @@ func parseModel(raw json.RawMessage) (model, func(string) (int32, bool), int64, 
 	case "WordPiece":
 		var vocab map[string]int64
 		if err := json.Unmarshal(m.Vocab, &vocab); err != nil {
-			return nil, nil, 0, fmt.Errorf("tokenizer: invalid WordPiece vocab: %w", err)
+			return nil, nil, 0, 0, fmt.Errorf("tokenizer: invalid WordPiece vocab: %w", err)
 		}
 		wp := &wordPiece{vocab: make(map[string]int32, len(vocab)), prefix: "##", maxChars: 100}
 		var maxID int64 = -1
 		for k, v := range vocab {
 			if v < 0 || v > math.MaxInt32 {
-				return nil, nil, 0, fmt.Errorf("tokenizer: WordPiece id %d of %q out of range", v, k)
+				return nil, nil, 0, 0, fmt.Errorf("tokenizer: WordPiece id %d of %q out of range", v, k)
 			}
 			wp.vocab[k] = int32(v)
 			maxID = max(maxID, v)
@@ -181,23 +213,23 @@ func parseModel(raw json.RawMessage) (model, func(string) (int32, bool), int64, 
 		}
 		id, ok := wp.vocab[unk]
 		if !ok {
-			return nil, nil, 0, fmt.Errorf("tokenizer: WordPiece unk_token %q is not in the vocabulary", unk)
+			return nil, nil, 0, 0, fmt.Errorf("tokenizer: WordPiece unk_token %q is not in the vocabulary", unk)
 		}
 		wp.unkID = id
 		lookup := func(s string) (int32, bool) { id, ok := wp.vocab[s]; return id, ok }
-		return wp, lookup, maxID, nil
+		return wp, lookup, len(wp.vocab), maxID, nil
 	case "Unigram":
 		var entries [][2]json.RawMessage
 		if err := json.Unmarshal(m.Vocab, &entries); err != nil {
-			return nil, nil, 0, fmt.Errorf("tokenizer: invalid Unigram vocab: %w", err)
+			return nil, nil, 0, 0, fmt.Errorf("tokenizer: invalid Unigram vocab: %w", err)
 		}
 		pieces := make([]unigramPiece, len(entries))
 		for i, e := range entries {
 			if err := json.Unmarshal(e[0], &pieces[i].Piece); err != nil {
-				return nil, nil, 0, fmt.Errorf("tokenizer: invalid Unigram piece %d: %w", i, err)
+				return nil, nil, 0, 0, fmt.Errorf("tokenizer: invalid Unigram piece %d: %w", i, err)
 			}
 			if err := json.Unmarshal(e[1], &pieces[i].Score); err != nil {
-				return nil, nil, 0, fmt.Errorf("tokenizer: invalid Unigram score %d: %w", i, err)
+				return nil, nil, 0, 0, fmt.Errorf("tokenizer: invalid Unigram score %d: %w", i, err)
 			}
 		}
 		unkID := -1
@@ -206,11 +238,11 @@ func parseModel(raw json.RawMessage) (model, func(string) (int32, bool), int64, 
 		}
 		u, err := newUnigram(pieces, unkID, m.ByteFallback)
 		if err != nil {
-			return nil, nil, 0, err
+			return nil, nil, 0, 0, err
 		}
-		return unigramModel{u}, u.tokenToID, int64(len(pieces)) - 1, nil
+		return unigramModel{u}, u.tokenToID, len(pieces), int64(len(pieces)) - 1, nil
 	default:
-		return nil, nil, 0, fmt.Errorf("tokenizer: unsupported model %q (supported: WordPiece, Unigram)", typ)
+		return nil, nil, 0, 0, fmt.Errorf("tokenizer: unsupported model %q (supported: WordPiece, Unigram)", typ)
 	}
 }
 
@@ -228,7 +260,7 @@ func (p patternJSON) compile(what string) (*regexp.Regexp, string, error) {
 	case p.String != nil:
 		return nil, *p.String, nil
 	case p.Regex != nil:
-		re, err := regexp.Compile(*p.Regex)
+		re, err := compileHFRegex(*p.Regex)
 		if err != nil {
 			return nil, "", fmt.Errorf("tokenizer: unsupported %s regex %q: %w", what, *p.Regex, err)
 		}
@@ -598,4 +630,92 @@ func parseTemplate(raw json.RawMessage) (postProcessor, error) {
 		return postProcessor{}, err
 	}
 	return newPostProcessor(single, pair), nil
+}
+
+// usesFirstScheme reports whether a Metaspace with prepend_scheme "first"
+// is among the pre-tokenizers.
+func usesFirstScheme(p preTokenizer) bool {
+	switch p := p.(type) {
+	case *metaspacePreTokenizer:
+		return p.scheme == prependFirst
+	case sequencePreTokenizer:
+		for _, x := range p {
+			if usesFirstScheme(x) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Unicode versions of the Perl classes: the reference library's regex
+// engines match \s, \d and \w on all of Unicode, Go's RE2 on ASCII only.
+const (
+	reSpace = `\t-\r\x{85}\p{Z}`
+	reDigit = `\p{Nd}`
+	reWord  = `\p{L}\p{M}\p{Nd}\p{Nl}\p{Pc}\x{200C}\x{200D}`
+)
+
+// compileHFRegex compiles a Hugging Face (Oniguruma) pattern with Go's RE2,
+// rewriting \s, \d, \w and their negations to their Unicode meaning. What
+// cannot be rewritten faithfully (word boundaries, negated classes inside a
+// bracket expression) or compiled (look-around, backreferences) is an error.
+func compileHFRegex(pat string) (*regexp.Regexp, error) {
+	var b strings.Builder
+	inClass := false
+	for i := 0; i < len(pat); i++ {
+		c := pat[i]
+		switch {
+		case c == '\\' && i+1 < len(pat):
+			i++
+			e := pat[i]
+			var in, out string
+			switch e {
+			case 's':
+				in, out = reSpace, "["+reSpace+"]"
+			case 'S':
+				out = "[^" + reSpace + "]"
+			case 'd':
+				in, out = reDigit, reDigit
+			case 'D':
+				out = "[^" + reDigit + "]"
+			case 'w':
+				in, out = reWord, "["+reWord+"]"
+			case 'W':
+				out = "[^" + reWord + "]"
+			case 'b', 'B':
+				return nil, fmt.Errorf("word boundary \\%c has ASCII semantics in Go", e)
+			default:
+				b.WriteByte(c)
+				b.WriteByte(e)
+				continue
+			}
+			if inClass {
+				if in == "" {
+					return nil, fmt.Errorf("negated class \\%c inside brackets", e)
+				}
+				b.WriteString(in)
+			} else {
+				b.WriteString(out)
+			}
+			continue
+		case c == '[' && !inClass:
+			inClass = true
+			b.WriteByte(c)
+			// A ] right after [ or [^ is a literal.
+			if i+1 < len(pat) && pat[i+1] == '^' {
+				i++
+				b.WriteByte('^')
+			}
+			if i+1 < len(pat) && pat[i+1] == ']' {
+				i++
+				b.WriteString(`\]`)
+			}
+			continue
+		case c == ']' && inClass:
+			inClass = false
+		}
+		b.WriteByte(c)
+	}
+	return regexp.Compile(b.String())
 }

@@ -6,12 +6,19 @@ import (
 	"unicode/utf8"
 )
 
-// word is a piece of normalized text on its way to the model. first tells
-// whether it starts at offset 0 of the original text (Metaspace's "first"
-// prepend scheme needs it).
+// word is a piece of normalized text on its way to the model. firstLen is
+// how many of its leading bytes come from the first character of the
+// original text (0: none); Metaspace's "first" prepend scheme prepends only
+// to a word that starts there, as the reference library's
+// offsets_original().0 == 0 test does.
 type word struct {
-	s     string
-	first bool
+	s        string
+	firstLen int
+}
+
+// sub returns the piece [start, end) of w.
+func (w word) sub(start, end int) word {
+	return word{w.s[start:end], max(0, w.firstLen-start)}
 }
 
 // preTokenizer splits a piece of normalized text into words, appending the
@@ -42,11 +49,15 @@ type splitter struct {
 	start, end int
 	pending    bool
 	prevMatch  bool
+	// held is a delimiter that MergedWithNext keeps back until it knows
+	// whether a non-delimiter follows it.
+	heldStart, heldEnd int
+	held               bool
 }
 
 func (sp *splitter) flush() {
 	if sp.pending && sp.end > sp.start {
-		sp.dst = append(sp.dst, word{sp.w.s[sp.start:sp.end], sp.w.first && sp.start == 0})
+		sp.dst = append(sp.dst, sp.w.sub(sp.start, sp.end))
 	}
 	sp.pending = false
 }
@@ -80,10 +91,22 @@ func (sp *splitter) add(start, end int, match bool) {
 			sp.push(start, end)
 		}
 	case mergedWithNext:
-		if match && !sp.prevMatch {
-			sp.push(start, end)
+		// The reference folds from the end: a delimiter joins the piece
+		// right after it when that piece is not a delimiter; a delimiter
+		// followed by another one stands alone.
+		if sp.held {
+			if match {
+				sp.push(sp.heldStart, sp.heldEnd)
+			} else {
+				sp.push(sp.heldStart, end)
+				sp.held = false
+				break
+			}
+		}
+		if match {
+			sp.heldStart, sp.heldEnd, sp.held = start, end, true
 		} else {
-			sp.extend(start, end)
+			sp.push(start, end)
 		}
 	case contiguous:
 		if match == sp.prevMatch {
@@ -96,6 +119,10 @@ func (sp *splitter) add(start, end int, match bool) {
 }
 
 func (sp *splitter) done() []word {
+	if sp.held {
+		sp.push(sp.heldStart, sp.heldEnd)
+		sp.held = false
+	}
 	sp.flush()
 	return sp.dst
 }
@@ -178,20 +205,20 @@ func (bertPreTokenizer) preTokenize(dst []word, w word, _ *scratch) []word {
 		switch {
 		case isHFWhitespace(r):
 			if i > start {
-				dst = append(dst, word{s[start:i], w.first && start == 0})
+				dst = append(dst, w.sub(start, i))
 			}
 			start = i + size
 		case isBertPunct(r):
 			if i > start {
-				dst = append(dst, word{s[start:i], w.first && start == 0})
+				dst = append(dst, w.sub(start, i))
 			}
-			dst = append(dst, word{s[i : i+size], w.first && i == 0})
+			dst = append(dst, w.sub(i, i+size))
 			start = i + size
 		}
 		i += size
 	}
 	if start < len(s) {
-		dst = append(dst, word{s[start:], w.first && start == 0})
+		dst = append(dst, w.sub(start, len(s)))
 	}
 	return dst
 }
@@ -214,7 +241,7 @@ type metaspacePreTokenizer struct {
 
 func (m *metaspacePreTokenizer) preTokenize(dst []word, w word, sc *scratch) []word {
 	start := len(sc.arena)
-	prepend := (m.scheme == prependAlways || m.scheme == prependFirst && w.first) &&
+	prepend := (m.scheme == prependAlways || m.scheme == prependFirst && w.firstLen > 0) &&
 		!strings.HasPrefix(w.s, m.replacement) && !strings.HasPrefix(w.s, " ")
 	if prepend {
 		sc.arena = append(sc.arena, m.replacement...)
@@ -230,7 +257,15 @@ func (m *metaspacePreTokenizer) preTokenize(dst []word, w word, sc *scratch) []w
 		s = s[i+1:]
 	}
 	sc.arena = append(sc.arena, s...)
-	out := word{sc.arenaString(start), w.first}
+	out := word{s: sc.arenaString(start)}
+	if w.firstLen > 0 {
+		// The prepended replacement and the first character's bytes (spaces
+		// grown to replacements) still come from the first character.
+		out.firstLen = w.firstLen + strings.Count(w.s[:min(w.firstLen, len(w.s))], " ")*(len(m.replacement)-1)
+		if prepend {
+			out.firstLen += len(m.replacement)
+		}
+	}
 	if !m.split {
 		if out.s != "" {
 			dst = append(dst, out)
@@ -261,13 +296,13 @@ func (whitespacePreTokenizer) preTokenize(dst []word, w word, _ *scratch) []word
 		}
 		if kind != state {
 			if state != none {
-				dst = append(dst, word{s[start:i], w.first && start == 0})
+				dst = append(dst, w.sub(start, i))
 			}
 			state, start = kind, i
 		}
 	}
 	if state != none {
-		dst = append(dst, word{s[start:], w.first && start == 0})
+		dst = append(dst, w.sub(start, len(s)))
 	}
 	return dst
 }

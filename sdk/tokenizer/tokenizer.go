@@ -61,6 +61,9 @@ type Tokenizer struct {
 	// tokens maps every known token (vocabulary and added) to its id.
 	tokens    func(string) (int32, bool)
 	vocabSize int
+	// needFirst is set when a Metaspace pre-tokenizer uses the "first"
+	// prepend scheme, the only user of word.firstLen.
+	needFirst bool
 	scratch   sync.Pool
 }
 
@@ -216,24 +219,35 @@ func (t *Tokenizer) encodeSequence(dst []int32, text string, sc *scratch) []int3
 }
 
 // encodeSegment normalizes a piece of raw text between added tokens, splits
-// it on normalized added tokens and tokenizes the rest. first tells whether
+// it on normalized added tokens and tokenizes the rest. atStart tells whether
 // the piece starts the original text (Metaspace's prepend_scheme "first").
-func (t *Tokenizer) encodeSegment(dst []int32, s string, first bool, sc *scratch) []int32 {
+func (t *Tokenizer) encodeSegment(dst []int32, s string, atStart bool, sc *scratch) []int32 {
+	firstLen := 0
+	if atStart && t.needFirst && s != "" {
+		// What the first character normalizes to (and whatever a normalizer
+		// prepends) is aligned with original offset 0.
+		_, size := utf8.DecodeRuneInString(s)
+		firstLen = size
+		if t.normalizer != nil {
+			firstLen = len(t.normalizer.normalize(s[:size], sc))
+		}
+	}
 	if t.normalizer != nil {
 		s = t.normalizer.normalize(s, sc)
 	}
 	if s == "" {
 		return dst
 	}
+	w := word{s, firstLen}
 	if t.norm == nil {
-		return t.encodeWords(dst, word{s, first}, sc)
+		return t.encodeWords(dst, w, sc)
 	}
 	t.norm.split(s, func(start, end int, id int32) {
 		if id >= 0 {
 			dst = append(dst, id)
 			return
 		}
-		dst = t.encodeWords(dst, word{s[start:end], first && start == 0}, sc)
+		dst = t.encodeWords(dst, w.sub(start, end), sc)
 	})
 	return dst
 }
