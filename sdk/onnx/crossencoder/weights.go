@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"strconv"
+	"sync"
 )
 
 // Tensor is one weight tensor: its shape and its values in row-major order.
@@ -115,11 +116,18 @@ const (
 	// biasStd makes biases non-zero (HF starts them at zero) so that a bias
 	// wired to the wrong node changes the output and a test can catch it.
 	biasStd = 0.02
-	// headGain scales the logit projection to std headGain/sqrt(hidden):
-	// with unit-variance pooled features this spreads logits over several
-	// units across documents, as a trained reranker's (ms-marco MiniLM's
-	// logits run from about -11 to +10).
-	headGain = 4.0
+	// logitSpread is the standard deviation the calibrated logits get over
+	// the calibration pairs: a trained reranker's logits spread over several
+	// units (ms-marco MiniLM's run from about -11 to +10), and 3 keeps most
+	// sigmoid scores away from saturation.
+	logitSpread = 3.0
+	// calibrationPairs is how many random pairs calibrate the head: enough
+	// for a mean and a spread within a few tens of percent, few enough that
+	// the plain-Go forward pass of a 6×384 model stays around a second.
+	calibrationPairs = 8
+	// maxHeadScale bounds the calibrated scale, in case a degenerate shape
+	// gives features that hardly vary.
+	maxHeadScale = 1e4
 )
 
 // RandomWeights returns deterministic random weights for c: the same seed
@@ -131,28 +139,42 @@ const (
 // Values are normal-shaped (an Irwin–Hall sum of 12 uniforms, mean 0,
 // variance 1, support ±6σ) with these scales: embeddings 0.02 like Hugging
 // Face's init; LayerNorm weight 1 and bias 0; linear weights
-// 1/sqrt(fan_in) (LeCun) and biases 0.02; the logit projection
-// headGain/sqrt(fan_in), bias 0.
+// 1/sqrt(fan_in) (LeCun) and biases 0.02.
 //
 // Linear weights deliberately do not use Hugging Face's 0.02: at that scale
 // attention is uniform and the first-token vector hardly depends on the
-// input (relative spread well under 1% on a 2×32 model), so any head scaled
-// to spread logits would mostly amplify rounding noise, making fp32
-// goldens fragile and reduced-precision comparisons meaningless. With
-// 1/sqrt(fan_in) every layer keeps unit-variance activations and attention
-// is selective, so scores differ across documents for real.
+// input, so any head scaled to spread logits would mostly amplify rounding
+// noise, making fp32 goldens fragile and reduced-precision comparisons
+// meaningless. With 1/sqrt(fan_in) every layer keeps unit-variance
+// activations and attention is selective, so scores differ across documents
+// for real.
+//
+// The logit projection (classifier.weight, or classifier.out_proj.weight)
+// is then calibrated: Forward runs calibrationPairs random pairs shaped like
+// real ones ([CLS] query [SEP] document [SEP] with BERT's usual ids 101/102,
+// <s> … </s></s> … </s> with XLM-R's 0/2), and the head is scaled and
+// biased so those logits have mean 0 and standard deviation logitSpread. The
+// scale is rounded to two significant digits and the bias to 0.01, so the
+// last-bit differences math.Exp or fused multiply-adds may show across
+// platforms cannot change the bytes.
 func RandomWeights(c Config, seed uint64) Weights {
 	ps := map[string]Param{}
 	for _, p := range Params(c) {
 		ps[p.Name] = p
 	}
-	return &randomWeights{params: ps, seed: seed}
+	return &randomWeights{c: c, params: ps, seed: seed}
 }
 
 // randomWeights is the Weights of RandomWeights.
 type randomWeights struct {
+	c      Config
 	params map[string]Param
 	seed   uint64
+
+	once  sync.Once
+	scale float64   // calibrated multiplier of the logit projection
+	bias  []float64 // calibrated logit biases
+	err   error
 }
 
 // Seed returns the seed the weights were drawn with; WriteModelDir records
@@ -165,6 +187,30 @@ func (r *randomWeights) Tensor(name string) (Tensor, error) {
 	if !ok {
 		return Tensor{}, fmt.Errorf("crossencoder: no tensor %q in this architecture", name)
 	}
+	switch p.Role {
+	case RoleHead, RoleHeadBias:
+		r.once.Do(r.calibrate)
+		if r.err != nil {
+			return Tensor{}, r.err
+		}
+		t := r.draw(p)
+		if p.Role == RoleHeadBias {
+			for i := range t.Data {
+				t.Data[i] = float32(r.bias[i])
+			}
+			return t, nil
+		}
+		for i, v := range t.Data {
+			t.Data[i] = float32(float64(v) * r.scale)
+		}
+		return t, nil
+	}
+	return r.draw(p), nil
+}
+
+// draw returns the tensor's uncalibrated values (the head at unit gain,
+// std 1/sqrt(fan_in), with a zero bias).
+func (r *randomWeights) draw(p Param) Tensor {
 	n := int64(1)
 	for _, d := range p.Shape {
 		n *= d
@@ -176,20 +222,18 @@ func (r *randomWeights) Tensor(name string) (Tensor, error) {
 		for i := range t.Data {
 			t.Data[i] = 1
 		}
-		return t, nil
+		return t
 	case RoleNormShift, RoleHeadBias:
-		return t, nil
+		return t
 	case RoleEmbedding:
 		std = embeddingStd
 	case RoleBias:
 		std = biasStd
-	case RoleLinear:
+	case RoleLinear, RoleHead:
 		std = 1 / math.Sqrt(float64(p.Shape[1]))
-	case RoleHead:
-		std = headGain / math.Sqrt(float64(p.Shape[1]))
 	}
 	h := fnv.New64a()
-	h.Write([]byte(name))
+	h.Write([]byte(p.Name))
 	src := rand.NewPCG(r.seed, h.Sum64())
 	// Each uniform has 16 bits, so the 12 come from three 64-bit draws; the
 	// sum minus its mean, over 2^16, has variance (2^32-1)/2^32 ≈ 1.
@@ -203,5 +247,107 @@ func (r *randomWeights) Tensor(name string) (Tensor, error) {
 		}
 		t.Data[i] = float32(float64(sum-mean) * scale)
 	}
-	return t, nil
+	return t
+}
+
+// uncalibrated serves draw for every tensor, head included.
+type uncalibrated struct{ r *randomWeights }
+
+func (u uncalibrated) Tensor(name string) (Tensor, error) {
+	p, ok := u.r.params[name]
+	if !ok {
+		return Tensor{}, fmt.Errorf("crossencoder: no tensor %q in this architecture", name)
+	}
+	return u.r.draw(p), nil
+}
+
+// calibrate sets scale and bias from the logits of random pairs.
+func (r *randomWeights) calibrate() {
+	c := r.c
+	if err := c.Validate(); err != nil {
+		r.err = err
+		return
+	}
+	m, err := loadModel(c, uncalibrated{r})
+	if err != nil {
+		r.err = err
+		return
+	}
+	// Separator ids: BERT WordPiece vocabularies put [CLS] at 101 and
+	// [SEP] at 102; fairseq dictionaries (XLM-R) put <s> at 0 and </s> at 2.
+	cls, sep := int64(101), int64(102)
+	if c.Arch == ArchXLMRoberta {
+		cls, sep = 0, 2
+	}
+	v := int64(c.VocabSize)
+	cls, sep = min(cls, v-1), min(sep, v-1)
+	src := rand.New(rand.NewPCG(r.seed, 0x63616c6962726174)) // "calibrat"
+	token := func() int64 {
+		for {
+			id := int64(src.Uint64N(uint64(v)))
+			if id != int64(c.PadTokenID) || v == 1 {
+				return id
+			}
+		}
+	}
+	logits := make([][]float64, 0, calibrationPairs)
+	for i := 0; i < calibrationPairs; i++ {
+		q, d := 3+int(src.Uint64N(6)), 4+int(src.Uint64N(13)) // 3–8 and 4–16 tokens, like short queries and passages
+		var s Sequence
+		push := func(id, typ int64) {
+			if len(s.InputIDs) < c.MaxTokens() {
+				s.InputIDs = append(s.InputIDs, id)
+				s.TokenTypeIDs = append(s.TokenTypeIDs, min(typ, int64(c.TypeVocabSize-1)))
+			}
+		}
+		push(cls, 0)
+		for j := 0; j < q; j++ {
+			push(token(), 0)
+		}
+		push(sep, 0)
+		if c.Arch == ArchXLMRoberta {
+			push(sep, 0)
+		}
+		for j := 0; j < d; j++ {
+			push(token(), 1)
+		}
+		push(sep, 1)
+		f, err := m.features(s)
+		if err != nil {
+			r.err = fmt.Errorf("crossencoder: calibrate head: %w", err)
+			return
+		}
+		logits = append(logits, m.head.apply(f))
+	}
+	r.bias = make([]float64, c.NumLabels)
+	mean := make([]float64, c.NumLabels)
+	var sd float64
+	for l := range mean {
+		for _, x := range logits {
+			mean[l] += x[l]
+		}
+		mean[l] /= float64(len(logits))
+		if l == 0 {
+			for _, x := range logits {
+				sd += (x[0] - mean[0]) * (x[0] - mean[0])
+			}
+			sd = math.Sqrt(sd / float64(len(logits)))
+		}
+	}
+	r.scale = maxHeadScale
+	if sd > logitSpread/maxHeadScale {
+		r.scale = roundSignificant(logitSpread/sd, 2)
+	}
+	for l := range r.bias {
+		r.bias[l] = math.Round(-r.scale*mean[l]*100) / 100
+	}
+}
+
+// roundSignificant rounds x to n significant decimal digits.
+func roundSignificant(x float64, n int) float64 {
+	if x == 0 {
+		return 0
+	}
+	p := math.Pow(10, float64(n)-math.Ceil(math.Log10(math.Abs(x))))
+	return math.Round(x*p) / p
 }
