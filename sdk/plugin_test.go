@@ -1,0 +1,200 @@
+package sdk_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-plugin"
+
+	"github.com/rerank-sidecar/rerank/sdk"
+)
+
+// recordingBackend records what reaches the plugin side and answers with
+// what the test sets.
+type recordingBackend struct {
+	mu          sync.Mutex
+	cfg         sdk.LoadConfig
+	pairs       []sdk.Pair
+	hasDeadline bool
+
+	info   sdk.ModelInfo
+	scores []float32 // nil: one score per pair, 0.5 each
+	health sdk.Health
+	err    error
+}
+
+// set changes the backend's answers under its lock.
+func (r *recordingBackend) set(fn func(r *recordingBackend)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fn(r)
+}
+
+func (r *recordingBackend) Load(_ context.Context, cfg sdk.LoadConfig) (sdk.ModelInfo, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.cfg = cfg
+	return r.info, r.err
+}
+
+func (r *recordingBackend) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pairs = pairs
+	_, r.hasDeadline = ctx.Deadline()
+	if r.err != nil {
+		return nil, r.err
+	}
+	if r.scores != nil {
+		return r.scores, nil
+	}
+	out := make([]float32, len(pairs))
+	for i := range out {
+		out[i] = 0.5
+	}
+	return out, nil
+}
+
+func (r *recordingBackend) Health(context.Context) (sdk.Health, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.health, r.err
+}
+
+// connect serves b over go-plugin's in-process gRPC connection and returns
+// the proxy-side client.
+func connect(t *testing.T, b sdk.Backend) *sdk.Client {
+	t.Helper()
+	client, server := plugin.TestPluginGRPCConn(t, false, map[string]plugin.Plugin{sdk.PluginName: &sdk.GRPCPlugin{Impl: b}})
+	t.Cleanup(func() {
+		client.Close()
+		server.Stop()
+	})
+	raw, err := client.Dispense(sdk.PluginName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, ok := raw.(*sdk.Client)
+	if !ok {
+		t.Fatalf("dispensed %T, want *sdk.Client", raw)
+	}
+	return c
+}
+
+func TestProtocolRoundTrip(t *testing.T) {
+	b := &recordingBackend{
+		info: sdk.ModelInfo{Name: "org/model", Revision: "abc", Device: "cuda", Backend: "onnx-cuda", Precision: sdk.BF16,
+			Quantization: "none", Source: "safetensors", MaxLength: 384, MaxBatchSize: 16, Activation: "sigmoid",
+			Details: map[string]string{"model_file": "/m/model.onnx"}},
+	}
+	c := connect(t, b)
+	ctx := context.Background()
+
+	cfg := sdk.LoadConfig{ModelDir: "/m", ModelName: "org/model", Precision: sdk.BF16, MaxLength: 384, IntraOpThreads: 3,
+		DisableArena: true, DisableMemPattern: true, CacheDir: "/cache", Options: map[string]string{"cuda.device_id": "1"}}
+	info, err := c.Load(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	b.mu.Lock()
+	gotCfg := b.cfg
+	b.mu.Unlock()
+	if !reflect.DeepEqual(gotCfg, cfg) {
+		t.Errorf("plugin got LoadConfig %+v\nwant %+v", gotCfg, cfg)
+	}
+	want := b.info
+	want.SDKMinorVersion = sdk.MinorVersion
+	if !reflect.DeepEqual(info, want) {
+		t.Errorf("Load returned %+v\nwant %+v", info, want)
+	}
+
+	pairs := []sdk.Pair{{Query: "q1", Document: "d1"}, {Query: "", Document: ""}, {Query: "q3 ü", Document: "d3 漢字"}}
+	wantScores := []float32{0.25, -3.5, 1e-7}
+	b.set(func(r *recordingBackend) { r.scores = wantScores })
+	dctx, cancel := context.WithTimeout(ctx, time.Minute) // long enough never to expire; only its presence is checked
+	defer cancel()
+	scores, err := c.Score(dctx, pairs)
+	if err != nil {
+		t.Fatalf("Score: %v", err)
+	}
+	b.mu.Lock()
+	gotPairs, hasDeadline := b.pairs, b.hasDeadline
+	b.mu.Unlock()
+	if !reflect.DeepEqual(gotPairs, pairs) || !reflect.DeepEqual(scores, wantScores) {
+		t.Errorf("plugin got pairs %+v and the proxy scores %v; want %+v and %v", gotPairs, scores, pairs, wantScores)
+	}
+	if !hasDeadline {
+		t.Error("the proxy's deadline did not reach the plugin")
+	}
+
+	f := func(h sdk.Health) {
+		t.Helper()
+		b.set(func(r *recordingBackend) { r.health = h })
+		got, err := c.Health(ctx)
+		if err != nil {
+			t.Fatalf("Health: %v", err)
+		}
+		if h.Model != nil {
+			m := *h.Model
+			m.SDKMinorVersion = sdk.MinorVersion
+			h.Model = &m
+		}
+		if !reflect.DeepEqual(got, h) {
+			t.Errorf("Health = %+v, want %+v", got, h)
+		}
+	}
+	f(sdk.Health{State: sdk.StateLoading, Message: "loading /m"})
+	f(sdk.Health{State: sdk.StateFailed, Message: "no CUDA"})
+	f(sdk.Health{State: sdk.StateReady, Model: &b.info})
+}
+
+func TestProtocolErrors(t *testing.T) {
+	b := &recordingBackend{}
+	c := connect(t, b)
+	f := func(backendErr, want error) {
+		t.Helper()
+		b.set(func(r *recordingBackend) { r.err = backendErr })
+		calls := map[string]func() error{
+			"Load":   func() error { _, err := c.Load(context.Background(), sdk.LoadConfig{}); return err },
+			"Score":  func() error { _, err := c.Score(context.Background(), nil); return err },
+			"Health": func() error { _, err := c.Health(context.Background()); return err },
+		}
+		for name, call := range calls {
+			err := call()
+			if err == nil || !strings.Contains(err.Error(), backendErr.Error()) {
+				t.Errorf("%s with backend error %q: got %v, want the message carried", name, backendErr, err)
+				continue
+			}
+			if want != nil && !errors.Is(err, want) {
+				t.Errorf("%s with backend error %q: %v does not wrap %v", name, backendErr, err, want)
+			}
+			for _, s := range []error{sdk.ErrInvalidInput, sdk.ErrNotLoaded, sdk.ErrOverloaded, sdk.ErrUnavailable, context.DeadlineExceeded, context.Canceled} {
+				if s != want && errors.Is(err, s) {
+					t.Errorf("%s with backend error %q: %v also wraps %v", name, backendErr, err, s)
+				}
+			}
+		}
+	}
+	f(fmt.Errorf("x: %w", sdk.ErrInvalidInput), sdk.ErrInvalidInput)
+	f(fmt.Errorf("x: %w", sdk.ErrNotLoaded), sdk.ErrNotLoaded)
+	f(fmt.Errorf("x: %w", sdk.ErrOverloaded), sdk.ErrOverloaded)
+	f(fmt.Errorf("x: %w", sdk.ErrUnavailable), sdk.ErrUnavailable)
+	f(fmt.Errorf("x: %w", context.DeadlineExceeded), context.DeadlineExceeded)
+	f(fmt.Errorf("x: %w", context.Canceled), context.Canceled)
+	f(errors.New("disk on fire"), nil)
+}
+
+func TestProtocolRefusesWrongScoreCount(t *testing.T) {
+	b := &recordingBackend{scores: []float32{1}}
+	c := connect(t, b)
+	_, err := c.Score(context.Background(), []sdk.Pair{{Query: "a", Document: "b"}, {Query: "c", Document: "d"}})
+	if err == nil || !strings.Contains(err.Error(), "1 scores for 2 pairs") {
+		t.Fatalf("Score with a short answer: %v; want an error naming the counts", err)
+	}
+}
