@@ -1,0 +1,399 @@
+// Package backend runs the backend plugin: it finds the plugin binary for
+// the chosen execution provider, starts it as a child process over
+// hashicorp/go-plugin gRPC, loads the model in the background, restarts the
+// plugin when it crashes, and scores batches of pairs on it.
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+
+	"github.com/rerank-sidecar/rerank/sdk"
+)
+
+// The backend kinds: each names a plugin binary rerank-onnx-<kind>, except
+// Auto, which picks one.
+const (
+	CPU    = "cpu"
+	CUDA   = "cuda"
+	CoreML = "coreml"
+	Auto   = "auto"
+)
+
+// BinaryPrefix is the start of every plugin binary's name.
+const BinaryPrefix = "rerank-onnx-"
+
+// Kinds lists the accepted values of Config.Kind.
+var Kinds = []string{CPU, CUDA, CoreML, Auto}
+
+// Config configures a Supervisor.
+type Config struct {
+	// Kind is cpu, cuda, coreml or auto.
+	Kind string
+	// PluginDir holds the plugin binaries; empty means the directory of the
+	// running executable.
+	PluginDir string
+	// Load is what the plugin is asked to load.
+	Load sdk.LoadConfig
+	// Logger receives the supervisor's and the plugin's logs.
+	Logger hclog.Logger
+	// RestartDelay is the first wait before restarting a crashed plugin; it
+	// doubles on each failed restart up to MaxRestartDelay. 0 means 1s.
+	RestartDelay time.Duration
+	// MaxRestartDelay caps RestartDelay; 0 means 30s.
+	MaxRestartDelay time.Duration
+	// Platform is GOOS/GOARCH as auto sees it; empty means the running one.
+	Platform string
+}
+
+// Status is the plugin's state for /health.
+type Status struct {
+	// State is loading, ready or failed.
+	State sdk.State
+	// Message says why the state is not ready, for example a load error.
+	Message string
+	// Kind is the backend kind running or being started (never auto).
+	Kind string
+	// Device is the model's device once ready, else the kind.
+	Device string
+	// Model describes the loaded model once ready.
+	Model *sdk.ModelInfo
+	// Restarts counts the attempts to restart a crashed plugin.
+	Restarts int
+}
+
+// Stats are the counters /health shows under "backend".
+type Stats struct {
+	// PairsScored counts the pairs the plugin computed.
+	PairsScored uint64 `json:"pairs_scored"`
+	// Batches counts the Score calls the plugin answered.
+	Batches uint64 `json:"batches"`
+	// Restarts counts the attempts to restart a crashed plugin.
+	Restarts int `json:"restarts"`
+	// Kind is the backend kind in use.
+	Kind string `json:"kind"`
+}
+
+// Supervisor owns the plugin process.
+type Supervisor struct {
+	cfg    Config
+	kinds  []string
+	logger hclog.Logger
+
+	mu      sync.RWMutex
+	status  Status
+	client  *plugin.Client
+	backend sdk.Backend
+
+	pairs   atomic.Uint64
+	batches atomic.Uint64
+
+	ready  chan struct{}
+	once   sync.Once
+	check  chan struct{}
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Start validates cfg and starts the plugin and the model load in the
+// background; Status tells when the model is ready.
+func Start(cfg Config) (*Supervisor, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.RestartDelay <= 0 {
+		cfg.RestartDelay = time.Second
+	}
+	if cfg.MaxRestartDelay <= 0 {
+		// Long enough that a crash loop costs little, short enough that a
+		// transient failure heals within a minute.
+		cfg.MaxRestartDelay = 30 * time.Second
+	}
+	if cfg.Platform == "" {
+		cfg.Platform = runtime.GOOS + "/" + runtime.GOARCH
+	}
+	kinds, err := candidates(cfg.Kind, cfg.Platform)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.PluginDir == "" {
+		cfg.PluginDir, err = executableDir()
+		if err != nil {
+			return nil, err
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Supervisor{
+		cfg:    cfg,
+		kinds:  kinds,
+		logger: cfg.Logger.Named("backend"),
+		status: Status{State: sdk.StateLoading, Kind: kinds[0], Device: kinds[0], Message: "starting plugin " + BinaryPrefix + kinds[0]},
+		ready:  make(chan struct{}),
+		check:  make(chan struct{}, 1),
+		ctx:    ctx,
+		cancel: cancel,
+		done:   make(chan struct{}),
+	}
+	go s.run()
+	return s, nil
+}
+
+// candidates lists the kinds to try in order: auto is coreml on
+// darwin/arm64, else cuda, each falling back to cpu.
+func candidates(kind, platform string) ([]string, error) {
+	switch kind {
+	case CPU, CUDA, CoreML:
+		return []string{kind}, nil
+	case Auto:
+		if platform == "darwin/arm64" {
+			return []string{CoreML, CPU}, nil
+		}
+		return []string{CUDA, CPU}, nil
+	}
+	return nil, fmt.Errorf("backend: unknown backend %q: use one of %v", kind, Kinds)
+}
+
+func executableDir() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("backend: cannot locate the running executable to find plugins next to it: %w", err)
+	}
+	if resolved, err := filepath.EvalSymlinks(exe); err == nil {
+		exe = resolved
+	}
+	return filepath.Dir(exe), nil
+}
+
+// Status returns the current state.
+func (s *Supervisor) Status() Status {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.status
+}
+
+// Ready is closed when the model has loaded the first time.
+func (s *Supervisor) Ready() <-chan struct{} { return s.ready }
+
+// Stats returns the counters.
+func (s *Supervisor) Stats() Stats {
+	st := s.Status()
+	return Stats{PairsScored: s.pairs.Load(), Batches: s.batches.Load(), Restarts: st.Restarts, Kind: st.Kind}
+}
+
+// Score scores pairs on the plugin. Before the model is ready, and while a
+// crashed plugin restarts, it returns an error wrapping sdk.ErrNotLoaded.
+func (s *Supervisor) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) {
+	s.mu.RLock()
+	b, state, kind := s.backend, s.status.State, s.status.Kind
+	s.mu.RUnlock()
+	if state != sdk.StateReady || b == nil {
+		return nil, fmt.Errorf("backend: %w", sdk.ErrNotLoaded)
+	}
+	if len(pairs) == 0 {
+		return []float32{}, nil
+	}
+	scores, err := b.Score(ctx, pairs)
+	if err != nil {
+		if errors.Is(err, sdk.ErrUnavailable) {
+			// The connection broke: have the watcher look now rather than
+			// at its next tick.
+			select {
+			case s.check <- struct{}{}:
+			default:
+			}
+		}
+		return nil, fmt.Errorf("backend %s%s: %w", BinaryPrefix, kind, err)
+	}
+	s.pairs.Add(uint64(len(pairs)))
+	s.batches.Add(1)
+	return scores, nil
+}
+
+// Close stops the plugin and waits for the supervisor to finish.
+func (s *Supervisor) Close() error {
+	s.cancel()
+	<-s.done
+	return nil
+}
+
+func (s *Supervisor) setStatus(f func(*Status)) {
+	s.mu.Lock()
+	f(&s.status)
+	s.mu.Unlock()
+}
+
+// run starts the plugin (falling back under auto), then watches and
+// restarts it until Close.
+func (s *Supervisor) run() {
+	defer close(s.done)
+	defer s.stop()
+
+	kind, err := s.startFirst()
+	if err != nil {
+		if s.ctx.Err() == nil {
+			s.logger.Error("model load failed: the server answers 503 until restarted", "error", err)
+			s.setStatus(func(st *Status) { st.State, st.Message = sdk.StateFailed, err.Error() })
+		}
+		return
+	}
+	delay := s.cfg.RestartDelay
+	for {
+		exitMsg := s.watch()
+		if exitMsg == "" {
+			return
+		}
+		for {
+			s.setStatus(func(st *Status) {
+				st.State, st.Model, st.Device = sdk.StateLoading, nil, kind
+				st.Message = exitMsg + "; restarting in " + delay.String()
+				st.Restarts++
+			})
+			s.logger.Error("plugin stopped; restarting", "plugin", BinaryPrefix+kind, "reason", exitMsg, "delay", delay)
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+			delay = min(2*delay, s.cfg.MaxRestartDelay)
+			if err := s.start(kind); err != nil {
+				if s.ctx.Err() != nil {
+					return
+				}
+				exitMsg = err.Error()
+				continue
+			}
+			s.logger.Info("plugin restarted", "plugin", BinaryPrefix+kind)
+			delay = s.cfg.RestartDelay
+			break
+		}
+	}
+}
+
+// startFirst tries the candidate kinds in order.
+func (s *Supervisor) startFirst() (string, error) {
+	var err error
+	for i, kind := range s.kinds {
+		s.setStatus(func(st *Status) {
+			st.Kind, st.Device, st.Message = kind, kind, "loading the model on "+BinaryPrefix+kind
+		})
+		err = s.start(kind)
+		if err == nil {
+			return kind, nil
+		}
+		if s.ctx.Err() != nil || i == len(s.kinds)-1 {
+			break
+		}
+		s.logger.Warn("backend auto: falling back", "from", BinaryPrefix+kind, "to", BinaryPrefix+s.kinds[i+1], "reason", err.Error())
+	}
+	return "", err
+}
+
+// start launches the plugin for kind and loads the model; on success the
+// supervisor is ready.
+func (s *Supervisor) start(kind string) error {
+	path := filepath.Join(s.cfg.PluginDir, BinaryPrefix+kind)
+	if _, err := os.Stat(path); err != nil {
+		return fmt.Errorf("backend: plugin %s not found in %s (build it with make build, or point --plugin-dir/RERANK_PLUGIN_DIR at it): %w", BinaryPrefix+kind, s.cfg.PluginDir, err)
+	}
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		VersionedPlugins: sdk.VersionedPlugins(),
+		Cmd:              exec.Command(path),
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		Logger:           s.cfg.Logger.Named("plugin"),
+		// Raw stderr too, so a plugin that dies before its logger is set
+		// up (a dynamic-linker error, a panic) is still seen.
+		Stderr: os.Stderr,
+	})
+	fail := func(err error) error {
+		client.Kill()
+		return err
+	}
+	rpc, err := client.Client()
+	if err != nil {
+		return fail(fmt.Errorf("backend: cannot start %s: %w", path, err))
+	}
+	raw, err := rpc.Dispense(sdk.PluginName)
+	if err != nil {
+		return fail(fmt.Errorf("backend: %s: cannot dispense %q: %w", path, sdk.PluginName, err))
+	}
+	b, ok := raw.(sdk.Backend)
+	if !ok {
+		return fail(fmt.Errorf("backend: %s: dispensed %T, not an sdk.Backend", path, raw))
+	}
+	start := time.Now()
+	info, err := b.Load(s.ctx, s.cfg.Load)
+	if err != nil {
+		return fail(fmt.Errorf("backend: %s cannot load %s: %w", BinaryPrefix+kind, s.cfg.Load.ModelDir, err))
+	}
+	if info.SDKMinorVersion != sdk.MinorVersion {
+		s.logger.Info("plugin speaks another minor protocol version", "plugin", BinaryPrefix+kind, "plugin_minor", info.SDKMinorVersion, "proxy_minor", sdk.MinorVersion)
+	}
+	s.logger.Info("model loaded", "plugin", BinaryPrefix+kind, "model", info.Name, "device", info.Device,
+		"precision", info.Precision, "source", info.Source, "revision", info.Revision,
+		"max_length", info.MaxLength, "max_batch_size", info.MaxBatchSize, "activation", info.Activation,
+		"load_time", time.Since(start).Round(time.Millisecond))
+	s.mu.Lock()
+	s.client, s.backend = client, b
+	s.status.State, s.status.Message, s.status.Kind = sdk.StateReady, "", kind
+	s.status.Model = &info
+	s.status.Device = info.Device
+	if s.status.Device == "" {
+		s.status.Device = kind
+	}
+	s.mu.Unlock()
+	s.once.Do(func() { close(s.ready) })
+	return nil
+}
+
+// pollInterval is how often the watcher checks that the plugin is alive: a
+// crash is noticed within it even when no request is running.
+const pollInterval = 250 * time.Millisecond
+
+// watch waits until the plugin exits (returning why) or Close (returning "").
+func (s *Supervisor) watch() string {
+	s.mu.RLock()
+	client := s.client
+	s.mu.RUnlock()
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return ""
+		case <-tick.C:
+		case <-s.check:
+		}
+		if client.Exited() {
+			s.mu.Lock()
+			s.backend = nil
+			s.status.State = sdk.StateLoading
+			s.mu.Unlock()
+			client.Kill()
+			return "plugin process exited unexpectedly"
+		}
+	}
+}
+
+// stop kills the running plugin, if any.
+func (s *Supervisor) stop() {
+	s.mu.Lock()
+	client := s.client
+	s.client, s.backend = nil, nil
+	s.mu.Unlock()
+	if client != nil {
+		client.Kill()
+	}
+}
