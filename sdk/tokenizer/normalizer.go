@@ -130,6 +130,9 @@ func (n *replaceNormalizer) normalize(s string, _ *scratch) string {
 		}
 		return strings.ReplaceAll(s, n.literal, n.content)
 	}
+	if !n.re.MatchString(s) {
+		return s // MatchString does not allocate; most texts have no match
+	}
 	return n.re.ReplaceAllLiteralString(s, n.content)
 }
 
