@@ -278,6 +278,12 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 	for k, v := range mf.Details {
 		m.info.Details[k] = v
 	}
+	if mc.TestModel != nil {
+		// Said in words wherever the model is reported: a stand-in with
+		// random weights must never pass for a real reranker.
+		m.info.Details["test_model"] = mc.TestModel.Note
+		e.log.Warn("serving a test model", "note", mc.TestModel.Note)
+	}
 	m.feeds.New = func() any { return &feed{} }
 	return m, nil
 }

@@ -112,6 +112,12 @@ type modelConfig struct {
 	} `json:"sentence_transformers"`
 	// LegacyActivation is where sentence-transformers before 4.0 kept it.
 	LegacyActivation string `json:"sbert_ce_default_activation_function"`
+	// TestModel marks a model written with random weights by rerank
+	// testmodel (crossencoder.TestModelKey); its note says scores are
+	// meaningless.
+	TestModel *struct {
+		Note string `json:"note"`
+	} `json:"rerank_test_model"`
 }
 
 // readModelConfig reads dir/config.json.

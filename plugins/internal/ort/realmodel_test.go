@@ -85,6 +85,9 @@ func TestScoresMatchForward(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if info.Details["test_model"] != crossencoder.TestModelNote {
+				t.Errorf("Details[test_model] = %q, want %q", info.Details["test_model"], crossencoder.TestModelNote)
+			}
 			got, err := e.Score(context.Background(), sdktest.Pairs)
 			if err != nil {
 				t.Fatal(err)
