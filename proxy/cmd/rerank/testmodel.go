@@ -52,24 +52,14 @@ func testmodel(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "rerank testmodel: --tokenizer and --out are required")
 		return 2
 	}
-	cfg := crossencoder.Config{
-		Arch: *arch, VocabSize: *vocab, Hidden: *hidden, Layers: *layers, Heads: *heads,
-		Intermediate: *intermediate, MaxPositions: *maxPositions, NumLabels: *labels,
-	}
-	switch *arch {
-	case crossencoder.ArchBERT:
-		cfg.TypeVocabSize, cfg.PadTokenID, cfg.LayerNormEps = 2, 0, 1e-12 // BertConfig's defaults
-		if cfg.MaxPositions == 0 {
-			cfg.MaxPositions = 512
-		}
-	case crossencoder.ArchXLMRoberta:
-		cfg.TypeVocabSize, cfg.PadTokenID, cfg.LayerNormEps = 1, 1, 1e-5 // XLM-R's config.json values
-		if cfg.MaxPositions == 0 {
-			cfg.MaxPositions = 514 // 512 tokens past padding_idx 1
-		}
-	default:
-		fmt.Fprintf(stderr, "rerank testmodel: unknown --arch %q (want bert or xlm-roberta)\n", *arch)
+	cfg, err := crossencoder.ArchDefaults(*arch)
+	if err != nil {
+		fmt.Fprintf(stderr, "rerank testmodel: %v\n", err)
 		return 2
+	}
+	cfg.VocabSize, cfg.Hidden, cfg.Layers, cfg.Heads, cfg.Intermediate, cfg.NumLabels = *vocab, *hidden, *layers, *heads, *intermediate, *labels
+	if *maxPositions != 0 {
+		cfg.MaxPositions = *maxPositions
 	}
 	if cfg.VocabSize == 0 {
 		b, err := os.ReadFile(*tokenizer)

@@ -112,6 +112,20 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// ArchDefaults returns the Hugging Face defaults of an architecture's
+// reranker configs: BERT type_vocab_size 2, pad 0, epsilon 1e-12 and 512
+// positions; XLM-R type_vocab_size 1, pad 1, epsilon 1e-5 and 514 positions
+// (512 tokens past padding_idx); one label. The caller fills in the sizes.
+func ArchDefaults(arch string) (Config, error) {
+	switch arch {
+	case ArchBERT:
+		return Config{Arch: arch, TypeVocabSize: 2, PadTokenID: 0, LayerNormEps: 1e-12, MaxPositions: 512, NumLabels: 1}, nil
+	case ArchXLMRoberta:
+		return Config{Arch: arch, TypeVocabSize: 1, PadTokenID: 1, LayerNormEps: 1e-5, MaxPositions: 514, NumLabels: 1}, nil
+	}
+	return Config{}, fmt.Errorf("crossencoder: unknown architecture %q (want %q or %q)", arch, ArchBERT, ArchXLMRoberta)
+}
+
 // hfConfig is the subset of a Hugging Face config.json that Build needs.
 type hfConfig struct {
 	ModelType             string            `json:"model_type"`
