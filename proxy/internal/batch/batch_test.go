@@ -1,0 +1,701 @@
+package batch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rerank-sidecar/rerank/sdk"
+)
+
+// fakeClock is a manual clock: Advance moves time and runs the timers that
+// came due, in the caller's goroutine.
+type fakeClock struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers []*fakeTimer
+}
+
+type fakeTimer struct {
+	at      time.Time
+	f       func()
+	stopped bool
+}
+
+func (t *fakeTimer) Stop() bool { was := !t.stopped; t.stopped = true; return was }
+
+// newFakeClock starts at the real time, as request deadlines become real
+// context deadlines of the batch; tests keep them hours away.
+func newFakeClock() *fakeClock { return &fakeClock{now: time.Now()} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) AfterFunc(d time.Duration, f func()) Timer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &fakeTimer{at: c.now.Add(d), f: f}
+	c.timers = append(c.timers, t)
+	return t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	var due []*fakeTimer
+	kept := c.timers[:0]
+	for _, t := range c.timers {
+		if !t.at.After(c.now) {
+			due = append(due, t)
+		} else {
+			kept = append(kept, t)
+		}
+	}
+	c.timers = kept
+	c.mu.Unlock()
+	for _, t := range due {
+		if !t.stopped {
+			t.f()
+		}
+	}
+}
+
+// call is one Score call received by the fake backend; the test answers it
+// by sending on reply (nil error: the pairs' reference scores).
+type call struct {
+	ctx   context.Context
+	pairs []sdk.Pair
+	reply chan error
+}
+
+// fakeBackend hands every Score call to the test through calls.
+type fakeBackend struct {
+	calls chan *call
+}
+
+func newFakeBackend() *fakeBackend { return &fakeBackend{calls: make(chan *call, 64)} }
+
+func (f *fakeBackend) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) {
+	c := &call{ctx: ctx, pairs: append([]sdk.Pair(nil), pairs...), reply: make(chan error)}
+	f.calls <- c
+	if err := <-c.reply; err != nil {
+		return nil, err
+	}
+	return refScores(pairs), nil
+}
+
+// next returns the next call, which the batcher must already have launched.
+func (f *fakeBackend) next(t *testing.T) *call {
+	t.Helper()
+	return <-f.calls
+}
+
+// none fails if a call is waiting.
+func (f *fakeBackend) none(t *testing.T) {
+	t.Helper()
+	select {
+	case c := <-f.calls:
+		t.Fatalf("unexpected Score call with %d pairs", len(c.pairs))
+	default:
+	}
+}
+
+func refScore(p sdk.Pair) float32 {
+	h := fnv.New32a()
+	h.Write([]byte(p.Query + "\x00" + p.Document))
+	return float32(h.Sum32()%100000) / 1000
+}
+
+func refScores(pairs []sdk.Pair) []float32 {
+	s := make([]float32, len(pairs))
+	for i, p := range pairs {
+		s[i] = refScore(p)
+	}
+	return s
+}
+
+// manualCtx is a request context whose end the test controls.
+type manualCtx struct {
+	context.Context
+	deadline time.Time
+	hasDL    bool
+	done     chan struct{}
+	mu       sync.Mutex
+	err      error
+}
+
+func newManualCtx(deadline time.Time) *manualCtx {
+	return &manualCtx{Context: context.Background(), deadline: deadline, hasDL: !deadline.IsZero(), done: make(chan struct{})}
+}
+
+func (c *manualCtx) Deadline() (time.Time, bool) { return c.deadline, c.hasDL }
+func (c *manualCtx) Done() <-chan struct{}       { return c.done }
+func (c *manualCtx) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+func (c *manualCtx) end(err error) {
+	c.mu.Lock()
+	c.err = err
+	c.mu.Unlock()
+	close(c.done)
+}
+
+// result is what a background Score call returned.
+type result struct {
+	scores []float32
+	err    error
+}
+
+// harness runs Score calls in the background and waits for them to be
+// queued (or refused) before returning, so the test controls ordering.
+type harness struct {
+	t       *testing.T
+	b       *Batcher
+	clock   *fakeClock
+	backend *fakeBackend
+	queued  chan struct{}
+	batched chan struct{}
+}
+
+func newHarness(t *testing.T, cfg Config) *harness {
+	h := &harness{t: t, clock: newFakeClock(), backend: newFakeBackend(),
+		queued: make(chan struct{}, 64), batched: make(chan struct{}, 1024)}
+	cfg.Enabled = true
+	cfg.Clock = h.clock
+	h.b = New(h.backend, cfg)
+	h.b.afterEnqueue = func() { h.queued <- struct{}{} }
+	h.b.afterBatch = func() { h.batched <- struct{}{} }
+	return h
+}
+
+// reply answers a call and waits until the batcher has accounted for it.
+func (h *harness) reply(c *call, err error) {
+	c.reply <- err
+	<-h.batched
+}
+
+// submit starts a Score call and returns once its pairs are queued.
+func (h *harness) submit(ctx context.Context, pairs []sdk.Pair) <-chan result {
+	out := make(chan result, 1)
+	go func() {
+		s, err := h.b.Score(ctx, pairs)
+		out <- result{s, err}
+	}()
+	select {
+	case <-h.queued:
+		return out
+	case r := <-out:
+		h.t.Fatalf("request of %d pairs was not queued: %v", len(pairs), r.err)
+		return nil
+	}
+}
+
+func (h *harness) expectScores(ch <-chan result, pairs []sdk.Pair) {
+	h.t.Helper()
+	r := <-ch
+	if r.err != nil {
+		h.t.Fatalf("Score: %v", r.err)
+	}
+	want := refScores(pairs)
+	if len(r.scores) != len(want) {
+		h.t.Fatalf("got %d scores, want %d", len(r.scores), len(want))
+	}
+	for i := range want {
+		if r.scores[i] != want[i] {
+			h.t.Fatalf("score %d = %v, want %v", i, r.scores[i], want[i])
+		}
+	}
+}
+
+func mkPairs(query string, docs ...string) []sdk.Pair {
+	p := make([]sdk.Pair, len(docs))
+	for i, d := range docs {
+		p[i] = sdk.Pair{Query: query, Document: d}
+	}
+	return p
+}
+
+func nDocs(prefix string, n int) []string {
+	d := make([]string, n)
+	for i := range d {
+		d[i] = fmt.Sprintf("%s-%d", prefix, i)
+	}
+	return d
+}
+
+func TestCoalescesRequestsAndFlushesOnTime(t *testing.T) {
+	h := newHarness(t, Config{MaxBatchSize: 32, Window: 10 * time.Millisecond})
+	a := mkPairs("q1", nDocs("a", 3)...)
+	bb := mkPairs("q2", nDocs("b", 4)...)
+	c := mkPairs("q3", nDocs("c", 2)...)
+	ra := h.submit(context.Background(), a)
+	h.clock.Advance(4 * time.Millisecond)
+	rb := h.submit(context.Background(), bb)
+	rc := h.submit(context.Background(), c)
+
+	h.clock.Advance(5 * time.Millisecond) // 9 ms after the first pair
+	if s := h.b.Stats(); s.TotalBatches != 0 || s.PendingPairs != 9 || s.PendingRequests != 3 {
+		t.Fatalf("before the window: %+v", s)
+	}
+	h.backend.none(t)
+
+	h.clock.Advance(1 * time.Millisecond) // the first pair has waited 10 ms
+	got := h.backend.next(t)
+	if len(got.pairs) != 9 {
+		t.Fatalf("batch has %d pairs, want the 9 of three requests", len(got.pairs))
+	}
+	if s := h.b.Stats(); s.TotalBatches != 1 || s.InFlightBatches != 1 {
+		t.Fatalf("after the window: %+v", s)
+	}
+	h.reply(got, nil)
+	h.expectScores(ra, a)
+	h.expectScores(rb, bb)
+	h.expectScores(rc, c)
+	s := h.b.Stats()
+	if s.TotalRequests != 3 || s.TotalBatches != 1 || s.AvgBatchSize != 9 || s.PendingRequests != 0 || s.PendingPairs != 0 {
+		t.Fatalf("stats: %+v", s)
+	}
+}
+
+func TestFlushesOnSize(t *testing.T) {
+	f := func(name string, cfg Config, first, second []sdk.Pair, wantFirstBatch int) {
+		t.Run(name, func(t *testing.T) {
+			cfg.Window = time.Hour // only size may flush
+			cfg.MaxInFlight = 4
+			h := newHarness(t, cfg)
+			r1 := h.submit(context.Background(), first)
+			h.backend.none(t)
+			if s := h.b.Stats(); s.TotalBatches != 0 {
+				t.Fatalf("flushed before full: %+v", s)
+			}
+			r2 := h.submit(context.Background(), second)
+			c := h.backend.next(t)
+			if len(c.pairs) != wantFirstBatch {
+				t.Fatalf("first batch has %d pairs, want %d", len(c.pairs), wantFirstBatch)
+			}
+			h.reply(c, nil)
+			all := len(first) + len(second)
+			if all > wantFirstBatch {
+				// The rest is a partial batch: it waits for the window.
+				h.backend.none(t)
+				h.clock.Advance(time.Hour)
+				c2 := h.backend.next(t)
+				if len(c2.pairs) != all-wantFirstBatch {
+					t.Fatalf("second batch has %d pairs, want %d", len(c2.pairs), all-wantFirstBatch)
+				}
+				h.reply(c2, nil)
+			}
+			h.expectScores(r1, first)
+			h.expectScores(r2, second)
+		})
+	}
+	f("pair count", Config{MaxBatchSize: 4}, mkPairs("q", nDocs("a", 2)...), mkPairs("q", nDocs("b", 2)...), 4)
+	f("pair count with overflow", Config{MaxBatchSize: 4}, mkPairs("q", nDocs("a", 3)...), mkPairs("q", nDocs("b", 3)...), 4)
+	// Each pair of a 40-character document and a 1-character query
+	// estimates to 1 + 10 + 4 = 15 tokens; a 45-token budget holds three.
+	long := strings.Repeat("x", 39)
+	f("token budget", Config{MaxBatchSize: 32, MaxBatchTokens: 45},
+		mkPairs("q", long+"1", long+"2"), mkPairs("q", long+"3", long+"4"), 3)
+}
+
+func TestDeduplicatesInsideABatch(t *testing.T) {
+	h := newHarness(t, Config{MaxBatchSize: 32, Window: 10 * time.Millisecond})
+	a := mkPairs("q", "x", "y", "x")      // a duplicate inside one request
+	bb := mkPairs("q", "y", "z")          // a pair shared with the first request
+	c := mkPairs("other", "x", "y", "zz") // same documents, other query: distinct
+	ra := h.submit(context.Background(), a)
+	rb := h.submit(context.Background(), bb)
+	rc := h.submit(context.Background(), c)
+	h.clock.Advance(10 * time.Millisecond)
+	got := h.backend.next(t)
+	seen := map[sdk.Pair]bool{}
+	for _, p := range got.pairs {
+		if seen[p] {
+			t.Fatalf("pair %v sent twice", p)
+		}
+		seen[p] = true
+	}
+	if len(got.pairs) != 6 {
+		t.Fatalf("sent %d unique pairs, want 6: %v", len(got.pairs), got.pairs)
+	}
+	h.reply(got, nil)
+	h.expectScores(ra, a)
+	h.expectScores(rb, bb)
+	h.expectScores(rc, c)
+	if s := h.b.Stats(); s.DuplicatePairs != 2 || s.AvgBatchSize != 6 {
+		t.Fatalf("stats: %+v", s)
+	}
+}
+
+func TestSplitsABigRequestAcrossBatches(t *testing.T) {
+	h := newHarness(t, Config{MaxBatchSize: 4, MaxInFlight: 1, Window: 10 * time.Millisecond, MaxQueue: 100})
+	big := mkPairs("q", nDocs("d", 10)...)
+	r := h.submit(context.Background(), big)
+	var sizes []int
+	for range 2 {
+		c := h.backend.next(t) // full batches leave at once
+		sizes = append(sizes, len(c.pairs))
+		h.reply(c, nil)
+	}
+	h.backend.none(t)
+	h.clock.Advance(10 * time.Millisecond) // the partial rest waits for the window
+	c := h.backend.next(t)
+	sizes = append(sizes, len(c.pairs))
+	h.reply(c, nil)
+	h.expectScores(r, big)
+	if fmt.Sprint(sizes) != "[4 4 2]" {
+		t.Fatalf("batch sizes %v, want [4 4 2]", sizes)
+	}
+}
+
+func TestGroupsByLength(t *testing.T) {
+	h := newHarness(t, Config{MaxBatchSize: 2, MaxInFlight: 1, Window: 0})
+	short := "short"
+	long := strings.Repeat("long words ", 40)
+	// A request occupies the only slot while pairs of alternating lengths
+	// queue behind it: the batcher pairs short with short and long with
+	// long instead of padding every batch to the long length.
+	busy := h.submit(context.Background(), mkPairs("busy", "x"))
+	running := h.backend.next(t)
+	a := mkPairs("q", short+"1", long+"1")
+	bb := mkPairs("q", short+"2", long+"2")
+	ra := h.submit(context.Background(), a)
+	rb := h.submit(context.Background(), bb)
+	h.reply(running, nil)
+	first := h.backend.next(t)
+	h.reply(first, nil)
+	second := h.backend.next(t)
+	h.reply(second, nil)
+	h.backend.none(t)
+	if got, want := fmt.Sprint(first.pairs, second.pairs), fmt.Sprint(mkPairs("q", short+"1", short+"2"), mkPairs("q", long+"1", long+"2")); got != want {
+		t.Fatalf("batches %s, want %s", got, want)
+	}
+	h.expectScores(busy, mkPairs("busy", "x"))
+	h.expectScores(ra, a)
+	h.expectScores(rb, bb)
+}
+
+func TestDeadlineExpiresBeforeDispatch(t *testing.T) {
+	h := newHarness(t, Config{MaxBatchSize: 32, Window: 10 * time.Millisecond})
+	now := h.clock.Now()
+	expiring := newManualCtx(now.Add(5 * time.Millisecond))
+	a := mkPairs("q", nDocs("a", 3)...)
+	bb := mkPairs("q", nDocs("b", 2)...)
+	ra := h.submit(expiring, a)
+	rb := h.submit(context.Background(), bb)
+	expiring.end(context.DeadlineExceeded)
+	if r := <-ra; !errors.Is(r.err, context.DeadlineExceeded) {
+		t.Fatalf("expired request returned %v, want DeadlineExceeded", r.err)
+	}
+	if s := h.b.Stats(); s.PendingPairs != 2 || s.PendingRequests != 1 || s.DroppedPairs != 3 {
+		t.Fatalf("after expiry: %+v", s)
+	}
+	h.clock.Advance(10 * time.Millisecond)
+	c := h.backend.next(t)
+	if fmt.Sprint(c.pairs) != fmt.Sprint(bb) {
+		t.Fatalf("dispatched %v, want only the live request's %v", c.pairs, bb)
+	}
+	if _, ok := c.ctx.Deadline(); ok {
+		t.Fatalf("batch of an unbounded request has a deadline")
+	}
+	h.reply(c, nil)
+	h.expectScores(rb, bb)
+}
+
+func TestExpiredButUnnoticedPairsAreDroppedAtDispatch(t *testing.T) {
+	// The context has ended but its Done channel has not fired yet, so its
+	// waiter has not noticed: the batcher itself must see it when forming
+	// the batch, and the waiter must then get the context's error.
+	h := newHarness(t, Config{MaxBatchSize: 32, Window: 10 * time.Millisecond})
+	expiring := newManualCtx(h.clock.Now().Add(time.Millisecond))
+	a := mkPairs("q", nDocs("a", 3)...)
+	bb := mkPairs("q", nDocs("b", 2)...)
+	ra := h.submit(expiring, a)
+	rb := h.submit(context.Background(), bb)
+	expiring.mu.Lock()
+	expiring.err = context.DeadlineExceeded
+	expiring.mu.Unlock()
+	h.clock.Advance(10 * time.Millisecond)
+	c := h.backend.next(t)
+	if fmt.Sprint(c.pairs) != fmt.Sprint(bb) {
+		t.Fatalf("dispatched %v, want %v", c.pairs, bb)
+	}
+	if r := <-ra; !errors.Is(r.err, context.DeadlineExceeded) {
+		t.Fatalf("expired request returned %v, %v", r.scores, r.err)
+	}
+	h.reply(c, nil)
+	h.expectScores(rb, bb)
+	if s := h.b.Stats(); s.DroppedPairs != 3 || s.PendingPairs != 0 {
+		t.Fatalf("stats: %+v", s)
+	}
+}
+
+func TestDeadlineExpiresDuringDispatch(t *testing.T) {
+	f := func(name string, withOther bool) {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, Config{MaxBatchSize: 32, Window: 10 * time.Millisecond})
+			now := h.clock.Now()
+			early := newManualCtx(now.Add(time.Hour))
+			late := newManualCtx(now.Add(2 * time.Hour))
+			a := mkPairs("q", nDocs("a", 3)...)
+			bb := mkPairs("q", nDocs("b", 2)...)
+			ra := h.submit(early, a)
+			var rb <-chan result
+			if withOther {
+				rb = h.submit(late, bb)
+			}
+			h.clock.Advance(10 * time.Millisecond)
+			c := h.backend.next(t)
+			dl, ok := c.ctx.Deadline()
+			want := early.deadline
+			if withOther {
+				want = late.deadline
+			}
+			if !ok || !dl.Equal(want) {
+				t.Fatalf("batch deadline %v (%v), want the latest request deadline %v", dl, ok, want)
+			}
+			early.end(context.DeadlineExceeded)
+			if r := <-ra; !errors.Is(r.err, context.DeadlineExceeded) {
+				t.Fatalf("expired request returned %v", r.err)
+			}
+			if withOther {
+				if c.ctx.Err() != nil {
+					t.Fatalf("batch cancelled while another request waits for it")
+				}
+				h.reply(c, nil)
+				h.expectScores(rb, bb)
+			} else {
+				if c.ctx.Err() == nil {
+					t.Fatalf("batch still running with no request waiting for it")
+				}
+				h.reply(c, c.ctx.Err())
+			}
+			// The slot is free again: a new request is served.
+			d := mkPairs("q", "again")
+			rd := h.submit(context.Background(), d)
+			h.clock.Advance(10 * time.Millisecond)
+			c2 := h.backend.next(t)
+			h.reply(c2, nil)
+			h.expectScores(rd, d)
+			if s := h.b.Stats(); s.PendingPairs != 0 || s.PendingRequests != 0 || s.InFlightBatches != 0 {
+				t.Fatalf("leaked accounting: %+v", s)
+			}
+		})
+	}
+	f("alone in its batch", false)
+	f("sharing its batch", true)
+}
+
+func TestClientCancellation(t *testing.T) {
+	h := newHarness(t, Config{MaxBatchSize: 32, Window: 10 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	a := mkPairs("q", nDocs("a", 4)...)
+	bb := mkPairs("q", nDocs("b", 1)...)
+	ra := h.submit(ctx, a)
+	rb := h.submit(context.Background(), bb)
+	cancel()
+	if r := <-ra; !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("cancelled request returned %v", r.err)
+	}
+	h.clock.Advance(10 * time.Millisecond)
+	c := h.backend.next(t)
+	if len(c.pairs) != 1 {
+		t.Fatalf("dispatched %v, want the one live pair", c.pairs)
+	}
+	h.reply(c, nil)
+	h.expectScores(rb, bb)
+	if s := h.b.Stats(); s.DroppedPairs != 4 {
+		t.Fatalf("dropped %d pairs, want 4", s.DroppedPairs)
+	}
+}
+
+func TestOverloadAtTheBound(t *testing.T) {
+	h := newHarness(t, Config{MaxBatchSize: 32, Window: 10 * time.Millisecond, MaxQueue: 5})
+	a := mkPairs("q", nDocs("a", 3)...)
+	ra := h.submit(context.Background(), a)
+	_, err := h.b.Score(context.Background(), mkPairs("q", nDocs("b", 3)...))
+	if !errors.Is(err, sdk.ErrOverloaded) {
+		t.Fatalf("over the bound: %v, want ErrOverloaded", err)
+	}
+	// Exactly at the bound is admitted.
+	bb := mkPairs("q", nDocs("c", 2)...)
+	rb := h.submit(context.Background(), bb)
+	if s := h.b.Stats(); s.RejectedRequests != 1 || s.PendingPairs != 5 || s.TotalRequests != 2 {
+		t.Fatalf("stats: %+v", s)
+	}
+	h.clock.Advance(10 * time.Millisecond)
+	c := h.backend.next(t)
+	h.reply(c, nil)
+	h.expectScores(ra, a)
+	h.expectScores(rb, bb)
+
+	// With the queue empty again, a request larger than the bound is
+	// admitted and split rather than refused for its size.
+	big := mkPairs("q", nDocs("big", 8)...)
+	rbig := h.submit(context.Background(), big)
+	h.clock.Advance(10 * time.Millisecond)
+	c = h.backend.next(t)
+	h.reply(c, nil)
+	h.expectScores(rbig, big)
+}
+
+func TestNoStarvation(t *testing.T) {
+	f := func(name string, bigDoc, smallDoc string) {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, Config{MaxBatchSize: 4, MaxInFlight: 1, Window: 0, MaxQueue: 10000})
+			type req struct {
+				pairs []sdk.Pair
+				out   <-chan result
+			}
+			var reqs []req
+			n := 0
+			addSmall := func() {
+				n++
+				p := mkPairs("s", fmt.Sprintf("%s%d", smallDoc, n), fmt.Sprintf("%s%d'", smallDoc, n))
+				reqs = append(reqs, req{p, h.submit(context.Background(), p)})
+			}
+			// One small request occupies the only slot; three more and
+			// then a big one queue behind it.
+			addSmall()
+			running := h.backend.next(t)
+			for range 3 {
+				addSmall()
+			}
+			big := mkPairs("big", nDocs(bigDoc, 12)...)
+			reqs = append(reqs, req{big, h.submit(context.Background(), big)})
+			// While each batch runs, two more small requests arrive: the
+			// stream never lets up. Oldest-first scheduling must still
+			// get all 12 big pairs out within a bounded number of
+			// batches: the 6 older small pairs and 12 big pairs fill at
+			// most 5 batches of 4, plus one of newer short pairs that may
+			// be grouped ahead of the long ones.
+			const bound = 6
+			seen := 0
+			for batches := 1; seen < len(big); batches++ {
+				if batches > bound {
+					t.Fatalf("only %d of %d big pairs dispatched after %d batches", seen, len(big), bound)
+				}
+				addSmall()
+				addSmall()
+				h.reply(running, nil)
+				running = h.backend.next(t)
+				for _, p := range running.pairs {
+					if p.Query == "big" {
+						seen++
+					}
+				}
+			}
+			// Drain the rest of the stream.
+			for {
+				h.reply(running, nil)
+				if s := h.b.Stats(); s.InFlightBatches == 0 {
+					if s.PendingPairs != 0 {
+						t.Fatalf("pairs left behind: %+v", s)
+					}
+					break
+				}
+				running = h.backend.next(t)
+			}
+			for _, r := range reqs {
+				h.expectScores(r.out, r.pairs)
+			}
+		})
+	}
+	f("same length", "doc", "doc")
+	f("big request of long documents", strings.Repeat("long document text ", 20), "tiny")
+}
+
+func TestBackendErrorReachesEveryRequest(t *testing.T) {
+	h := newHarness(t, Config{MaxBatchSize: 32, Window: 10 * time.Millisecond})
+	ra := h.submit(context.Background(), mkPairs("q", "a"))
+	rb := h.submit(context.Background(), mkPairs("q", "b"))
+	h.clock.Advance(10 * time.Millisecond)
+	c := h.backend.next(t)
+	h.reply(c, fmt.Errorf("plugin: boom: %w", sdk.ErrNotLoaded))
+	for _, ch := range []<-chan result{ra, rb} {
+		if r := <-ch; !errors.Is(r.err, sdk.ErrNotLoaded) {
+			t.Fatalf("got %v, want the backend's ErrNotLoaded", r.err)
+		}
+	}
+	if s := h.b.Stats(); s.PendingPairs != 0 || s.PendingRequests != 0 || s.DroppedPairs != 0 {
+		t.Fatalf("stats: %+v", s)
+	}
+}
+
+func TestDisabledPassesThroughUnderTheBound(t *testing.T) {
+	backend := newFakeBackend()
+	b := New(backend, Config{Enabled: false, MaxQueue: 4})
+	a := mkPairs("q", nDocs("a", 3)...)
+	ra := make(chan result, 1)
+	go func() {
+		s, err := b.Score(context.Background(), a)
+		ra <- result{s, err}
+	}()
+	c := backend.next(t)
+	if len(c.pairs) != 3 {
+		t.Fatalf("pass-through sent %d pairs", len(c.pairs))
+	}
+	if _, err := b.Score(context.Background(), mkPairs("q", "x", "y")); !errors.Is(err, sdk.ErrOverloaded) {
+		t.Fatalf("over the bound with batching off: %v", err)
+	}
+	c.reply <- nil
+	r := <-ra
+	if r.err != nil || len(r.scores) != 3 || r.scores[2] != refScore(a[2]) {
+		t.Fatalf("pass-through: %+v", r)
+	}
+	s := b.Stats()
+	if s.Enabled || s.TotalBatches != 1 || s.TotalRequests != 1 || s.RejectedRequests != 1 || s.PendingPairs != 0 {
+		t.Fatalf("stats: %+v", s)
+	}
+}
+
+func TestEmptyAndEndedRequests(t *testing.T) {
+	b := New(newFakeBackend(), Config{Enabled: true})
+	s, err := b.Score(context.Background(), nil)
+	if err != nil || len(s) != 0 {
+		t.Fatalf("empty: %v %v", s, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := b.Score(ctx, mkPairs("q", "a")); !errors.Is(err, context.Canceled) {
+		t.Fatalf("ended: %v", err)
+	}
+}
+
+func TestEstimateAndBuckets(t *testing.T) {
+	b := New(nil, Config{MaxLength: 64, CharsPerToken: 4})
+	f := func(q, d string, wantTokens, wantBucket int) {
+		t.Helper()
+		n := b.estimate(sdk.Pair{Query: q, Document: d})
+		if n != wantTokens || bucketOf(n) != wantBucket {
+			t.Fatalf("estimate(%q, %d chars) = %d (bucket %d), want %d (bucket %d)", q, len(d), n, bucketOf(n), wantTokens, wantBucket)
+		}
+	}
+	f("", "", 4, 0)
+	f("abcd", "abcde", 1+2+4, 0)
+	f("q", strings.Repeat("é", 40), 1+10+4, 0) // runes, not bytes
+	f("q", strings.Repeat("x", 48), 1+12+4, 1)
+	f("q", strings.Repeat("x", 10000), 64, 2) // capped by max length
+	if bucketOf(1<<20) != nBuckets-1 {
+		t.Fatalf("huge estimate outside the last bucket")
+	}
+}
+
+func TestForDevice(t *testing.T) {
+	for _, d := range []string{"cpu", "cuda", "coreml", ""} {
+		c := ForDevice(d)
+		if !c.Enabled || c.MaxBatchSize != 32 || c.Window != 10*time.Millisecond || c.MaxBatchTokens < c.MaxLength || c.MaxInFlight < 1 {
+			t.Fatalf("ForDevice(%q) = %+v", d, c)
+		}
+	}
+}
