@@ -1,0 +1,417 @@
+// Package loadgen is the load generator behind `rerank bench`: a number of
+// concurrent clients send POST /v1/rerank requests with generated candidates
+// of a chosen length distribution to any server speaking that API, and the
+// run is summarised as throughput, latency percentiles and counts per status
+// code.
+package loadgen
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Config describes a load run.
+type Config struct {
+	// URL is the rerank endpoint, for example http://127.0.0.1:8080/v1/rerank.
+	URL string
+	// Concurrency is the number of clients, each with one request in flight.
+	Concurrency int
+	// Candidates is the number of candidates per request.
+	Candidates int
+	// Lengths is the distribution of candidate lengths in words.
+	Lengths Lengths
+	// Duration bounds the run in time; 0 means Requests bounds it.
+	Duration time.Duration
+	// Requests bounds the run in requests; 0 means Duration bounds it.
+	Requests int
+	// Query is the query of every request.
+	Query string
+	// Model, when set, is sent as the request's "model" field.
+	Model string
+	// Seed seeds the document generator, so runs are repeatable.
+	Seed uint64
+	// Timeout is the client-side limit of one request; a request that
+	// passes it counts as "timeout".
+	Timeout time.Duration
+	// Pool, when positive, draws documents from a fixed pool of that many,
+	// so repeated pairs can hit a cache; 0 makes every document new.
+	Pool int
+}
+
+// Lengths is a distribution of document lengths in words.
+type Lengths struct {
+	name   string
+	ranges []lengthRange
+}
+
+type lengthRange struct {
+	weight   float64 // share of documents, all weights summing to 1
+	min, max int     // words, inclusive
+}
+
+// ParseLengths parses "fixed:N", "uniform:A-B" or "mixed". Mixed is a RAG-like
+// blend of 50% short passages (8–32 words), 35% medium (48–128) and 15% long
+// (160–320, past 256 tokens, where a 512-token model starts to cost most).
+func ParseLengths(s string) (Lengths, error) {
+	kind, arg, _ := strings.Cut(s, ":")
+	switch kind {
+	case "mixed":
+		if arg != "" {
+			return Lengths{}, fmt.Errorf("loadgen: %q takes no argument", s)
+		}
+		return Lengths{name: s, ranges: []lengthRange{{0.5, 8, 32}, {0.35, 48, 128}, {0.15, 160, 320}}}, nil
+	case "fixed":
+		n, err := strconv.Atoi(arg)
+		if err != nil || n < 1 {
+			return Lengths{}, fmt.Errorf("loadgen: %q: want fixed:N with N ≥ 1 words", s)
+		}
+		return Lengths{name: s, ranges: []lengthRange{{1, n, n}}}, nil
+	case "uniform":
+		a, b, ok := strings.Cut(arg, "-")
+		lo, err1 := strconv.Atoi(a)
+		hi, err2 := strconv.Atoi(b)
+		if !ok || err1 != nil || err2 != nil || lo < 1 || hi < lo {
+			return Lengths{}, fmt.Errorf("loadgen: %q: want uniform:A-B with 1 ≤ A ≤ B words", s)
+		}
+		return Lengths{name: s, ranges: []lengthRange{{1, lo, hi}}}, nil
+	}
+	return Lengths{}, fmt.Errorf("loadgen: unknown length distribution %q (want fixed:N, uniform:A-B or mixed)", s)
+}
+
+// String returns the distribution as it was parsed.
+func (l Lengths) String() string { return l.name }
+
+// draw returns a length in words.
+func (l Lengths) draw(rng *rand.Rand) int {
+	u := rng.Float64()
+	r := l.ranges[len(l.ranges)-1]
+	for _, c := range l.ranges {
+		if u < c.weight {
+			r = c
+			break
+		}
+		u -= c.weight
+	}
+	return r.min + rng.IntN(r.max-r.min+1)
+}
+
+// vocabulary is common English words, each a single WordPiece token in BERT
+// vocabularies, so a document's token count is close to its word count.
+var vocabulary = strings.Fields(`the of and to in is was for on that with as by at from his
+it an were are which this be has had or not but first one their its new after who they have
+her she two been other when there all during into school time may years more most only over
+city some world would where later up such used many can state about national out known
+university united then made team film three since between high part well american world
+music game year back through group area house water book number people just season
+against both under second family several early name series public use however member
+history until life found four while around now home film album early main work court
+power system king long before place played could following best will based law did like
+south north west east river million city company club local still being each light city
+health data model search query document passage answer question result rank score`)
+
+// generator makes candidate documents.
+type generator struct {
+	rng     *rand.Rand
+	lengths Lengths
+	pool    []string
+	serial  uint64
+	id      uint64
+}
+
+func newGenerator(cfg *Config, worker int) *generator {
+	g := &generator{
+		rng:     rand.New(rand.NewPCG(cfg.Seed, uint64(worker))),
+		lengths: cfg.Lengths,
+		id:      uint64(worker),
+	}
+	if cfg.Pool > 0 {
+		// Every worker builds the same pool from the seed alone.
+		pr := rand.New(rand.NewPCG(cfg.Seed, ^uint64(0)))
+		pg := &generator{rng: pr, lengths: cfg.Lengths}
+		g.pool = make([]string, cfg.Pool)
+		for i := range g.pool {
+			g.pool[i] = pg.fresh()
+		}
+	}
+	return g
+}
+
+// fresh returns a new document; its leading serial word keeps documents of
+// different workers and requests distinct, so a cache cannot answer them.
+func (g *generator) fresh() string {
+	n := g.lengths.draw(g.rng)
+	var b strings.Builder
+	g.serial++
+	b.WriteString("doc")
+	b.WriteString(strconv.FormatUint(g.id, 10))
+	b.WriteByte('x')
+	b.WriteString(strconv.FormatUint(g.serial, 10))
+	for i := 1; i < n; i++ {
+		b.WriteByte(' ')
+		b.WriteString(vocabulary[g.rng.IntN(len(vocabulary))])
+	}
+	return b.String()
+}
+
+func (g *generator) document() string {
+	if len(g.pool) > 0 {
+		return g.pool[g.rng.IntN(len(g.pool))]
+	}
+	return g.fresh()
+}
+
+type rerankRequest struct {
+	Query      string   `json:"query"`
+	Candidates []string `json:"candidates"`
+	Model      string   `json:"model,omitempty"`
+}
+
+type rerankResponse struct {
+	Results []struct {
+		Index int     `json:"index"`
+		Score float64 `json:"score"`
+	} `json:"results"`
+}
+
+// Outcome labels for requests that got no HTTP status.
+const (
+	// OutcomeTimeout is a request that passed Config.Timeout.
+	OutcomeTimeout = "timeout"
+	// OutcomeError is a request that failed in transport.
+	OutcomeError = "error"
+)
+
+// Report is the summary of a run.
+type Report struct {
+	// URL, Concurrency, Candidates and Lengths repeat the run's settings.
+	URL         string `json:"url"`
+	Concurrency int    `json:"concurrency"`
+	Candidates  int    `json:"candidates"`
+	Lengths     string `json:"doc_length"`
+	// Elapsed is the run's wall time.
+	Elapsed time.Duration `json:"elapsed_ns"`
+	// Requests counts the requests that finished, whatever their outcome.
+	Requests int `json:"requests"`
+	// Pairs counts the candidates of requests answered 200.
+	Pairs int `json:"pairs"`
+	// RequestsPerSec is Requests over Elapsed.
+	RequestsPerSec float64 `json:"requests_per_sec"`
+	// OKPerSec is the 200 answers over Elapsed.
+	OKPerSec float64 `json:"ok_per_sec"`
+	// PairsPerSec is Pairs over Elapsed.
+	PairsPerSec float64 `json:"pairs_per_sec"`
+	// Outcomes counts requests by HTTP status code, or "timeout"/"error".
+	Outcomes map[string]int `json:"outcomes"`
+	// BadResponses counts 200 answers whose body was not a result list of
+	// the expected length.
+	BadResponses int `json:"bad_responses"`
+	// All is the latency of every finished request; OK that of 200 answers.
+	All Latency `json:"latency_all"`
+	// OK is the latency of the requests answered 200.
+	OK Latency `json:"latency_ok"`
+	// FirstError is one transport error, for the log.
+	FirstError string `json:"first_error,omitempty"`
+}
+
+// Latency is a latency distribution summary.
+type Latency struct {
+	// P50, P95, P99 and Max are percentiles of the latencies.
+	P50 time.Duration `json:"p50_ns"`
+	P95 time.Duration `json:"p95_ns"`
+	P99 time.Duration `json:"p99_ns"`
+	Max time.Duration `json:"max_ns"`
+}
+
+func summarize(d []time.Duration) Latency {
+	if len(d) == 0 {
+		return Latency{}
+	}
+	slices.Sort(d)
+	at := func(p float64) time.Duration {
+		// Nearest-rank percentile.
+		i := int(float64(len(d))*p+0.999999) - 1
+		return d[max(0, min(i, len(d)-1))]
+	}
+	return Latency{P50: at(0.50), P95: at(0.95), P99: at(0.99), Max: d[len(d)-1]}
+}
+
+// worker results, merged at the end.
+type tally struct {
+	all, ok  []time.Duration
+	outcomes map[string]int
+	pairs    int
+	bad      int
+	firstErr string
+}
+
+// Run runs the load until Requests are done, Duration passes or ctx ends.
+func Run(ctx context.Context, cfg Config) (Report, error) {
+	if cfg.URL == "" {
+		return Report{}, errors.New("loadgen: no URL")
+	}
+	if cfg.Concurrency < 1 || cfg.Candidates < 0 {
+		return Report{}, fmt.Errorf("loadgen: concurrency %d and candidates %d: want ≥ 1 and ≥ 0", cfg.Concurrency, cfg.Candidates)
+	}
+	if cfg.Duration <= 0 && cfg.Requests <= 0 {
+		return Report{}, errors.New("loadgen: set a duration or a request count")
+	}
+	if cfg.Lengths.ranges == nil {
+		cfg.Lengths, _ = ParseLengths("mixed")
+	}
+	if cfg.Timeout <= 0 {
+		// Longer than any server-side budget worth testing.
+		cfg.Timeout = time.Minute
+	}
+	client := &fasthttp.Client{
+		MaxConnsPerHost: cfg.Concurrency,
+		// Responses of 200 candidates stay far below this.
+		MaxResponseBodySize: 16 << 20,
+	}
+	runCtx := ctx
+	if cfg.Duration > 0 {
+		var cancel context.CancelFunc
+		runCtx, cancel = context.WithTimeout(ctx, cfg.Duration)
+		defer cancel()
+	}
+	var issued atomic.Int64
+	tallies := make([]tally, cfg.Concurrency)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range cfg.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tallies[w] = work(runCtx, client, &cfg, w, &issued)
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+
+	rep := Report{
+		URL: cfg.URL, Concurrency: cfg.Concurrency, Candidates: cfg.Candidates, Lengths: cfg.Lengths.String(),
+		Elapsed: elapsed, Outcomes: map[string]int{},
+	}
+	var all, ok []time.Duration
+	for _, t := range tallies {
+		all = append(all, t.all...)
+		ok = append(ok, t.ok...)
+		for k, v := range t.outcomes {
+			rep.Outcomes[k] += v
+		}
+		rep.Pairs += t.pairs
+		rep.BadResponses += t.bad
+		if rep.FirstError == "" {
+			rep.FirstError = t.firstErr
+		}
+	}
+	rep.Requests = len(all)
+	secs := elapsed.Seconds()
+	if secs > 0 {
+		rep.RequestsPerSec = float64(rep.Requests) / secs
+		rep.OKPerSec = float64(len(ok)) / secs
+		rep.PairsPerSec = float64(rep.Pairs) / secs
+	}
+	rep.All = summarize(all)
+	rep.OK = summarize(ok)
+	return rep, nil
+}
+
+// work is one client's loop.
+func work(ctx context.Context, client *fasthttp.Client, cfg *Config, w int, issued *atomic.Int64) tally {
+	t := tally{outcomes: map[string]int{}}
+	gen := newGenerator(cfg, w)
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	body := rerankRequest{Query: cfg.Query, Model: cfg.Model, Candidates: make([]string, cfg.Candidates)}
+	var parsed rerankResponse
+	for ctx.Err() == nil {
+		if cfg.Requests > 0 && issued.Add(1) > int64(cfg.Requests) {
+			break
+		}
+		for i := range body.Candidates {
+			body.Candidates[i] = gen.document()
+		}
+		buf, err := json.Marshal(&body)
+		if err != nil {
+			t.firstErr = err.Error()
+			t.outcomes[OutcomeError]++
+			continue
+		}
+		req.Reset()
+		req.SetRequestURI(cfg.URL)
+		req.Header.SetMethod(fasthttp.MethodPost)
+		req.Header.SetContentType("application/json")
+		req.SetBodyRaw(buf)
+		resp.Reset()
+		began := time.Now()
+		err = client.DoTimeout(req, resp, cfg.Timeout)
+		lat := time.Since(began)
+		t.all = append(t.all, lat)
+		switch {
+		case errors.Is(err, fasthttp.ErrTimeout):
+			t.outcomes[OutcomeTimeout]++
+		case err != nil:
+			t.outcomes[OutcomeError]++
+			if t.firstErr == "" {
+				t.firstErr = err.Error()
+			}
+		default:
+			code := resp.StatusCode()
+			t.outcomes[strconv.Itoa(code)]++
+			if code == fasthttp.StatusOK {
+				t.ok = append(t.ok, lat)
+				parsed.Results = parsed.Results[:0]
+				if json.Unmarshal(resp.Body(), &parsed) != nil || len(parsed.Results) != cfg.Candidates {
+					t.bad++
+				} else {
+					t.pairs += cfg.Candidates
+				}
+			}
+		}
+	}
+	return t
+}
+
+// Print writes the report in human-readable form.
+func (r *Report) Print(w io.Writer) {
+	ms := func(d time.Duration) string { return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64) }
+	fmt.Fprintf(w, "target       %s\n", r.URL)
+	fmt.Fprintf(w, "load         %d clients, %d candidates per request, doc length %s, %.2f s\n",
+		r.Concurrency, r.Candidates, r.Lengths, r.Elapsed.Seconds())
+	fmt.Fprintf(w, "throughput   %.1f req/s (%.1f answered 200), %.1f pairs/s\n", r.RequestsPerSec, r.OKPerSec, r.PairsPerSec)
+	fmt.Fprintf(w, "latency all  p50 %s ms  p95 %s ms  p99 %s ms  max %s ms  (%d requests)\n",
+		ms(r.All.P50), ms(r.All.P95), ms(r.All.P99), ms(r.All.Max), r.Requests)
+	fmt.Fprintf(w, "latency 200  p50 %s ms  p95 %s ms  p99 %s ms  max %s ms\n",
+		ms(r.OK.P50), ms(r.OK.P95), ms(r.OK.P99), ms(r.OK.Max))
+	keys := make([]string, 0, len(r.Outcomes))
+	for k := range r.Outcomes {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, r.Outcomes[k]))
+	}
+	fmt.Fprintf(w, "outcomes     %s\n", strings.Join(parts, " "))
+	if r.BadResponses > 0 {
+		fmt.Fprintf(w, "bad 200s     %d (body not a result list of %d)\n", r.BadResponses, r.Candidates)
+	}
+	if r.FirstError != "" {
+		fmt.Fprintf(w, "first error  %s\n", r.FirstError)
+	}
+}
