@@ -1,9 +1,311 @@
 package main
 
-import "fmt"
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
 
-// PLACEHOLDER: replaced by the serve work.
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/rerank-sidecar/rerank/proxy/internal/api"
+	"github.com/rerank-sidecar/rerank/proxy/internal/backend"
+	"github.com/rerank-sidecar/rerank/proxy/internal/hub"
+	"github.com/rerank-sidecar/rerank/proxy/internal/rerank"
+	"github.com/rerank-sidecar/rerank/sdk"
+)
+
+// serveConfig is the serve command's configuration, from flags and their
+// environment variables.
+type serveConfig struct {
+	model             string
+	modelName         string
+	revision          string
+	backend           string
+	precision         string
+	host              string
+	port              int
+	maxLength         int
+	maxCandidates     int
+	maxCandidateChars int
+	timeout           time.Duration
+	maxBodyBytes      int
+	threads           int
+	pluginDir         string
+	cacheDir          string
+	logLevel          string
+	logJSON           bool
+}
+
+// serveFlags defines the serve flags on fs and returns the config they fill
+// and the environment variable of each flag.
+func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
+	c := &serveConfig{}
+	env := map[string]string{}
+	str := func(p *string, name, envName, def, help string) {
+		fs.StringVar(p, name, def, help+" Environment: "+envName+".")
+		env[name] = envName
+	}
+	num := func(p *int, name, envName string, def int, help string) {
+		fs.IntVar(p, name, def, help+" Environment: "+envName+".")
+		env[name] = envName
+	}
+	str(&c.model, "model", "RERANK_MODEL", "",
+		"The model to serve: a local directory in Hugging Face layout (config.json, tokenizer.json, onnx/model.onnx), or a Hugging Face repo id such as BAAI/bge-reranker-v2-m3, resolved in the model cache and downloaded when missing. Empty serves a generated MiniLM-L6-shaped test model with random weights, whose scores are meaningless.")
+	str(&c.modelName, "model-name", "RERANK_MODEL_NAME", "",
+		"The model name the API reports and accepts in \"model\". Empty means the repo id, or a local directory's base name.")
+	str(&c.revision, "revision", "RERANK_MODEL_REVISION", "main",
+		"The hub revision (branch, tag or commit) of a repo id. Default main.")
+	str(&c.backend, "backend", "RERANK_BACKEND", backend.CPU,
+		"The backend plugin: cpu, cuda, coreml, or auto (coreml on darwin/arm64, else cuda where its plugin loads, falling back to cpu and logging why). Default cpu.")
+	str(&c.precision, "precision", "RERANK_PRECISION", string(sdk.FP32),
+		"The precision the model runs at: fp32, fp16, bf16 or int8; the plugin refuses a precision it cannot run and says which it supports. Default fp32.")
+	str(&c.host, "host", "HOST", "0.0.0.0",
+		"The address to listen on. Default 0.0.0.0, every interface.")
+	num(&c.port, "port", "PORT", 8080,
+		"The TCP port to listen on; 0 picks a free one and logs it. Default 8080.")
+	num(&c.maxLength, "max-length", "RERANK_MAX_LENGTH", 512,
+		"The maximum number of tokens per (query, candidate) pair; longer candidates are truncated, never rejected. Default 512, capped by the model's position embeddings.")
+	num(&c.maxCandidates, "max-candidates", "RERANK_MAX_CANDIDATES", 200,
+		"The largest number of candidates in one request, and the largest top_k; more is answered with 422. Default 200.")
+	num(&c.maxCandidateChars, "max-candidate-chars", "RERANK_MAX_CANDIDATE_LENGTH", 4000,
+		"The longest candidate in Unicode characters; a longer one is answered with 422. Default 4000.")
+	fs.Var((*secondsValue)(&c.timeout), "timeout",
+		"The time budget of one rerank request, queue wait and inference included, in seconds (fractions allowed, or a Go duration such as 500ms); a request over it is answered with 504. Default 10 seconds. Environment: RERANK_SERVER_TIMEOUT.")
+	env["timeout"] = "RERANK_SERVER_TIMEOUT"
+	c.timeout = 10 * time.Second
+	num(&c.maxBodyBytes, "max-body-bytes", "RERANK_MAX_BODY_BYTES", api.DefaultMaxBodyBytes,
+		"The largest request body in bytes; a larger one is answered with 413. Default 2097152 (2 MiB).")
+	num(&c.threads, "threads", "RERANK_THREADS", 0,
+		"The number of threads one inference may use inside the plugin. Default 0 lets the plugin choose (the number of CPU cores).")
+	str(&c.pluginDir, "plugin-dir", "RERANK_PLUGIN_DIR", "",
+		"The directory holding the plugin binaries rerank-onnx-cpu, rerank-onnx-cuda and rerank-onnx-coreml. Default: the directory of this executable.")
+	str(&c.cacheDir, "cache-dir", "RERANK_CACHE_DIR", hub.DefaultCacheDir(),
+		"The model cache directory: downloaded models and the generated test model live here. Default $XDG_CACHE_HOME/rerank or ~/.cache/rerank.")
+	str(&c.logLevel, "log-level", "RERANK_LOG_LEVEL", "info",
+		"The log level: trace, debug, info, warn or error. Default info.")
+	fs.BoolVar(&c.logJSON, "log-json", false, "Log JSON lines instead of text. Default false. Environment: RERANK_LOG_JSON.")
+	env["log-json"] = "RERANK_LOG_JSON"
+	return c, env
+}
+
+// secondsValue is a duration flag that takes seconds ("10", "0.5") or a Go
+// duration ("500ms").
+type secondsValue time.Duration
+
+func (v *secondsValue) String() string { return time.Duration(*v).String() }
+
+func (v *secondsValue) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if f, err := strconv.ParseFloat(s, 64); err == nil {
+		if f <= 0 {
+			return fmt.Errorf("must be positive, got %v", f)
+		}
+		*v = secondsValue(time.Duration(f * float64(time.Second)))
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("want seconds (10, 0.5) or a duration (500ms), got %q", s)
+	}
+	if d <= 0 {
+		return fmt.Errorf("must be positive, got %v", d)
+	}
+	*v = secondsValue(d)
+	return nil
+}
+
+// parseServe reads the environment, then the flags, which win.
+func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*serveConfig, error) {
+	fs := flag.NewFlagSet("rerank serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c, env := serveFlags(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: rerank serve [flags]\n\n"+
+			"Serves POST /v1/rerank, GET /health and GET / over HTTP, scoring on a backend plugin.\n"+
+			"Each flag may also be set by its environment variable; a flag given on the command line wins.\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	var bad []string
+	fs.VisitAll(func(f *flag.Flag) {
+		v := getenv(env[f.Name])
+		if env[f.Name] == "" || v == "" {
+			return
+		}
+		if err := f.Value.Set(v); err != nil {
+			bad = append(bad, fmt.Sprintf("%s=%q: %v", env[f.Name], v, err))
+		}
+	})
+	if len(bad) > 0 {
+		return nil, fmt.Errorf("serve: invalid environment: %s", strings.Join(bad, "; "))
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("serve: unexpected arguments %q", fs.Args())
+	}
+	switch {
+	case c.port < 0 || c.port > 65535:
+		return nil, fmt.Errorf("serve: --port %d is not a TCP port", c.port)
+	case c.maxLength < 1:
+		return nil, fmt.Errorf("serve: --max-length must be at least 1, got %d", c.maxLength)
+	case c.maxCandidates < 1:
+		return nil, fmt.Errorf("serve: --max-candidates must be at least 1, got %d", c.maxCandidates)
+	case c.maxCandidateChars < 1:
+		return nil, fmt.Errorf("serve: --max-candidate-chars must be at least 1, got %d", c.maxCandidateChars)
+	case c.maxBodyBytes < 1:
+		return nil, fmt.Errorf("serve: --max-body-bytes must be at least 1, got %d", c.maxBodyBytes)
+	case c.threads < 0:
+		return nil, fmt.Errorf("serve: --threads must not be negative, got %d", c.threads)
+	}
+	if _, err := backendKinds(c.backend); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func backendKinds(kind string) (string, error) {
+	for _, k := range backend.Kinds {
+		if k == kind {
+			return k, nil
+		}
+	}
+	return "", fmt.Errorf("serve: --backend %q: use one of %s", kind, strings.Join(backend.Kinds, ", "))
+}
+
+// runServe runs the HTTP server until SIGINT or SIGTERM.
 func runServe(args []string) int {
-	fmt.Println("rerank serve: not implemented yet")
-	return 1
+	c, err := parseServe(args, os.Getenv, os.Stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(os.Stderr, "rerank serve: %v\n", err)
+		return 2
+	}
+	logger := hclog.New(&hclog.LoggerOptions{
+		Name:       "rerank",
+		Output:     os.Stderr,
+		Level:      hclog.LevelFromString(c.logLevel),
+		JSONFormat: c.logJSON,
+	})
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, c, logger); err != nil {
+		logger.Error("serve failed", "error", err)
+		return 1
+	}
+	return 0
+}
+
+// serve builds the pipeline, binds the port at once, loads the model in the
+// background and answers requests until ctx ends.
+func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
+	src := modelSource{spec: c.model, revision: c.revision, cacheDir: c.cacheDir}
+	modelName := c.modelName
+	if modelName == "" {
+		modelName = src.name()
+	}
+	warning := src.warning()
+	logger.Info("starting", "version", version, "model", modelName, "source", src.describe(), "backend", c.backend, "precision", c.precision)
+	if warning != "" {
+		logger.Warn("serving a " + warning)
+	}
+
+	// The backend client: the plugin process, its model loaded in the
+	// background after the model dir is resolved.
+	sup, err := backend.Start(backend.Config{
+		Kind:      c.backend,
+		PluginDir: c.pluginDir,
+		Load: sdk.LoadConfig{
+			ModelName:      modelName,
+			Precision:      sdk.Precision(c.precision),
+			MaxLength:      c.maxLength,
+			IntraOpThreads: c.threads,
+			CacheDir:       c.cacheDir,
+		},
+		Prepare: func(ctx context.Context, load *sdk.LoadConfig) error {
+			dir, err := src.resolve(ctx, logger)
+			load.ModelDir = dir
+			return err
+		},
+		Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer sup.Close()
+
+	// The pipeline, from the plugin outwards. Every stage implements
+	// Score(ctx, []sdk.Pair) ([]float32, error) over the next one, and
+	// registers its Stats() as a /health section.
+	sections := map[string]func() any{"backend": func() any { return sup.Stats() }}
+	var next rerank.Scorer = sup
+
+	// ---- BATCH STAGE (issue 6, proxy/internal/batch) ----
+	// The micro-batcher wraps next here: next = batcher over next, and
+	// sections["micro_batcher"] = its Stats.
+	// ---- END BATCH STAGE ----
+
+	// ---- CACHE STAGE (issue 5, proxy/internal/cache) ----
+	// The score cache wraps next here: next = cache over next, and
+	// sections["local_cache"], sections["distributed_cache"] = its Stats.
+	// The model identity it keys on is sup.Status().Model once <-sup.Ready().
+	// ---- END CACHE STAGE ----
+
+	svc := rerank.New(next, rerank.Limits{MaxCandidates: c.maxCandidates, MaxCandidateChars: c.maxCandidateChars}, modelName)
+	srv := api.New(api.Config{
+		Service: svc,
+		Status: func() api.Status {
+			st := sup.Status()
+			return api.Status{Ready: st.State == sdk.StateReady, Failed: st.State == sdk.StateFailed, Message: st.Message, Device: st.Device}
+		},
+		Version:        version,
+		Timeout:        c.timeout,
+		MaxBodyBytes:   c.maxBodyBytes,
+		HealthSections: sections,
+		Warning:        warning,
+		Logger:         logger.Named("api"),
+	})
+
+	ln, err := net.Listen("tcp", net.JoinHostPort(c.host, strconv.Itoa(c.port)))
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	logger.Info("listening; the model loads in the background and /health answers 503 until it is ready", "addr", ln.Addr().String())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	go func() {
+		select {
+		case <-sup.Ready():
+			st := sup.Status()
+			logger.Info("ready", "model", modelName, "device", st.Device, "addr", ln.Addr().String())
+		case <-ctx.Done():
+		}
+	}()
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down: finishing open requests")
+	// Open requests get their own budget to finish, and a little more for
+	// writing the answers.
+	sctx, cancel := context.WithTimeout(context.Background(), c.timeout+5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		logger.Warn("shutdown did not finish cleanly", "error", err)
+	}
+	<-served
+	return nil
 }

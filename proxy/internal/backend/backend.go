@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,6 +47,11 @@ type Config struct {
 	PluginDir string
 	// Load is what the plugin is asked to load.
 	Load sdk.LoadConfig
+	// Prepare, when set, runs in the background before the plugin starts
+	// and may fill in Load, for example the model dir once a download
+	// finished; while it runs the state is loading, and its error is a
+	// failed load.
+	Prepare func(ctx context.Context, load *sdk.LoadConfig) error
 	// Logger receives the supervisor's and the plugin's logs.
 	Logger hclog.Logger
 	// RestartDelay is the first wait before restarting a crashed plugin; it
@@ -240,7 +246,15 @@ func (s *Supervisor) run() {
 	defer close(s.done)
 	defer s.stop()
 
-	kind, err := s.startFirst()
+	var err error
+	if s.cfg.Prepare != nil {
+		s.setStatus(func(st *Status) { st.Message = "preparing the model" })
+		err = s.cfg.Prepare(s.ctx, &s.cfg.Load)
+	}
+	kind := ""
+	if err == nil {
+		kind, err = s.startFirst()
+	}
 	if err != nil {
 		if s.ctx.Err() == nil {
 			s.logger.Error("model load failed: the server answers 503 until restarted", "error", err)
@@ -313,9 +327,11 @@ func (s *Supervisor) start(kind string) error {
 		Cmd:              exec.Command(path),
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           s.cfg.Logger.Named("plugin"),
-		// Raw stderr too, so a plugin that dies before its logger is set
-		// up (a dynamic-linker error, a panic) is still seen.
-		Stderr: os.Stderr,
+		// go-plugin relogs the plugin's JSON log lines through Logger and
+		// other lines only at debug level: pass those through as they are,
+		// so a plugin that dies before its logger is set up (a dynamic
+		// linker error, a panic) is still seen.
+		Stderr: &rawLines{w: os.Stderr},
 	})
 	fail := func(err error) error {
 		client.Kill()
@@ -396,4 +412,29 @@ func (s *Supervisor) stop() {
 	if client != nil {
 		client.Kill()
 	}
+}
+
+// rawLines writes the lines that are not JSON log records to w. go-plugin
+// writes each stderr line of the plugin, then a newline, separately.
+type rawLines struct {
+	mu   sync.Mutex
+	w    io.Writer
+	line []byte
+}
+
+func (r *rawLines) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range p {
+		if c != '\n' {
+			r.line = append(r.line, c)
+			continue
+		}
+		if len(r.line) > 0 && r.line[0] != '{' {
+			r.line = append(r.line, '\n')
+			_, _ = r.w.Write(r.line)
+		}
+		r.line = r.line[:0]
+	}
+	return len(p), nil
 }

@@ -251,3 +251,46 @@ func TestCloseKillsPlugin(t *testing.T) {
 		t.Fatalf("Score after Close: %v", err)
 	}
 }
+
+func TestRawLines(t *testing.T) {
+	var out strings.Builder
+	w := &rawLines{w: &out}
+	for _, chunk := range []string{`{"@level":"info"}`, "\n", "panic: boom", "\n", "", "\n", "goroutine 1", " [running]:\n", `{"x":1}` + "\n"} {
+		if _, err := w.Write([]byte(chunk)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := out.String(), "panic: boom\ngoroutine 1 [running]:\n"; got != want {
+		t.Fatalf("raw lines %q, want %q", got, want)
+	}
+}
+
+func TestPrepare(t *testing.T) {
+	f := func(prepareErr error, want sdk.State) {
+		t.Helper()
+		var sawDir string
+		s, err := Start(Config{
+			Kind:      CPU,
+			PluginDir: pluginDir(t, map[string]string{CPU: "ok"}),
+			Load:      sdk.LoadConfig{ModelName: "m"},
+			Prepare: func(_ context.Context, load *sdk.LoadConfig) error {
+				load.ModelDir = "/resolved"
+				sawDir = load.ModelDir
+				return prepareErr
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		st := waitFor(t, s, want.String(), func(st Status) bool { return st.State == want })
+		if sawDir != "/resolved" {
+			t.Fatal("Prepare did not run")
+		}
+		if prepareErr != nil && !strings.Contains(st.Message, prepareErr.Error()) {
+			t.Fatalf("failed status %+v does not say %v", st, prepareErr)
+		}
+	}
+	f(nil, sdk.StateReady)
+	f(errors.New("hub: model not available offline"), sdk.StateFailed)
+}
