@@ -18,6 +18,7 @@ import (
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/api"
 	"github.com/rerank-sidecar/rerank/proxy/internal/backend"
+	"github.com/rerank-sidecar/rerank/proxy/internal/batch"
 	"github.com/rerank-sidecar/rerank/proxy/internal/hub"
 	"github.com/rerank-sidecar/rerank/proxy/internal/rerank"
 	"github.com/rerank-sidecar/rerank/sdk"
@@ -43,6 +44,7 @@ type serveConfig struct {
 	cacheDir          string
 	logLevel          string
 	logJSON           bool
+	batch             batchFlags
 }
 
 // serveFlags defines the serve flags on fs and returns the config they fill
@@ -94,6 +96,7 @@ func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
 		"The log level: trace, debug, info, warn or error. Default info.")
 	fs.BoolVar(&c.logJSON, "log-json", false, "Log JSON lines instead of text. Default false. Environment: RERANK_LOG_JSON.")
 	env["log-json"] = "RERANK_LOG_JSON"
+	batchFlagsOn(fs, &c.batch, env)
 	return c, env
 }
 
@@ -168,6 +171,9 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 		return nil, fmt.Errorf("serve: --threads must not be negative, got %d", c.threads)
 	}
 	if _, err := backendKinds(c.backend); err != nil {
+		return nil, err
+	}
+	if err := c.batch.validate(); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -252,8 +258,9 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	var next rerank.Scorer = sup
 
 	// ---- BATCH STAGE (issue 6, proxy/internal/batch) ----
-	// The micro-batcher wraps next here: next = batcher over next, and
-	// sections["micro_batcher"] = its Stats.
+	batcher := batch.New(next, batchConfig(&c.batch, c.backend, c.maxLength))
+	next = batcher
+	sections["micro_batcher"] = func() any { return batcher.Stats() }
 	// ---- END BATCH STAGE ----
 
 	// ---- CACHE STAGE (issue 5, proxy/internal/cache) ----
