@@ -83,6 +83,12 @@ func initRuntime() (string, error) {
 	if runtimeState.ready {
 		return runtimeState.libPath, nil
 	}
+	if ortgo.IsInitialized() {
+		// Another part of the process (a test calling onnxruntime_go
+		// directly) loaded the library first; it loads only once.
+		runtimeState.ready, runtimeState.libPath = true, "loaded elsewhere in the process"
+		return runtimeState.libPath, nil
+	}
 	path, err := findLibrary()
 	if err != nil {
 		return "", err

@@ -19,7 +19,11 @@ func TestMain(m *testing.M) {
 			os.Setenv(LibraryDirEnv, dir)
 		}
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if benchDir.path != "" {
+		os.RemoveAll(benchDir.path)
+	}
+	os.Exit(code)
 }
 
 // requireRuntime loads ONNX Runtime or stops the test: it fails when make
