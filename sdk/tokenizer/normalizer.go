@@ -45,10 +45,11 @@ type bertNormalizer struct {
 
 func (n *bertNormalizer) normalize(s string, sc *scratch) string {
 	start := len(sc.arena)
-	if isASCII(s) {
-		// NFD and accent stripping are the identity on ASCII.
-		for i := 0; i < len(s); i++ {
-			c := s[i]
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			// NFD and accent stripping are the identity on ASCII.
+			i++
 			if n.cleanText {
 				if c == 0 || isBertControl(rune(c)) {
 					continue
@@ -61,12 +62,30 @@ func (n *bertNormalizer) normalize(s string, sc *scratch) string {
 				c += 'a' - 'A'
 			}
 			sc.arena = append(sc.arena, c)
+			continue
 		}
-		return sc.arenaString(start)
+		// A run of non-ASCII characters. ASCII characters are starters
+		// without decomposition, so NFD of the whole text is the NFD of its
+		// runs put together.
+		j := i + 1
+		for j < len(s) && s[j] >= utf8.RuneSelf {
+			j++
+		}
+		n.normalizeRun(s[i:j], sc)
+		i = j
 	}
-	// Pass 1: clean_text and handle_chinese_chars, and lowercase when no NFD
-	// has to come between.
+	return sc.arenaString(start)
+}
+
+// normalizeRun appends the normalized form of a run of non-ASCII text to
+// the arena, in the reference library's order: clean_text and
+// handle_chinese_chars, then NFD and non-spacing marks dropped, then lowercase.
+func (n *bertNormalizer) normalizeRun(s string, sc *scratch) {
 	lowerNow := n.lowercase && !n.stripAccents
+	out := sc.arena
+	if n.stripAccents {
+		out = sc.norm[:0]
+	}
 	for _, r := range s {
 		if n.cleanText {
 			if r == 0 || r == utf8.RuneError || isBertControl(r) {
@@ -77,27 +96,78 @@ func (n *bertNormalizer) normalize(s string, sc *scratch) string {
 			}
 		}
 		if n.chinese && isChineseChar(r) {
-			sc.arena = append(sc.arena, ' ')
-			sc.arena = utf8.AppendRune(sc.arena, r)
-			sc.arena = append(sc.arena, ' ')
+			out = append(out, ' ')
+			out = utf8.AppendRune(out, r)
+			out = append(out, ' ')
 			continue
 		}
 		if lowerNow {
+			out = lowerAppend(out, r)
+		} else {
+			out = utf8.AppendRune(out, r)
+		}
+	}
+	if !n.stripAccents {
+		sc.arena = out
+		return
+	}
+	sc.norm = out
+	// NFD rune by rune (table decompositions, Hangul by arithmetic), which
+	// allocates nothing. It equals the NFD of the run unless canonical
+	// reordering matters, i.e. unless a combining character that survives
+	// (not a non-spacing mark) has a non-zero combining class; then the run
+	// is redone with the full algorithm.
+	mark := len(sc.arena)
+	reorder := false
+	emit := func(r rune) {
+		if isNonspacingMark(r) {
+			return
+		}
+		if r >= 0x300 && !reorder {
+			var buf [utf8.UTFMax]byte
+			reorder = norm.NFD.Properties(buf[:utf8.EncodeRune(buf[:], r)]).CCC() != 0
+		}
+		if n.lowercase {
 			sc.arena = lowerAppend(sc.arena, r)
 		} else {
 			sc.arena = utf8.AppendRune(sc.arena, r)
 		}
 	}
-	if !n.stripAccents {
-		return sc.arenaString(start)
+	for i := 0; i < len(out); {
+		r, size := utf8.DecodeRune(out[i:])
+		src := out[i : i+size]
+		i += size
+		if r >= hangulBase && r < hangulBase+hangulCount {
+			si := r - hangulBase
+			emit(0x1100 + si/588)     // leading consonant: LBase + SIndex/(VCount*TCount)
+			emit(0x1161 + si%588/28)  // vowel: VBase + (SIndex%NCount)/TCount
+			if t := si % 28; t != 0 { // trailing consonant, if any: TBase + SIndex%TCount
+				emit(0x11A7 + t)
+			}
+			continue
+		}
+		var dec []byte
+		if r >= 0xC0 { // the first rune with a canonical decomposition is U+00C0
+			dec = norm.NFD.Properties(src).Decomposition()
+		}
+		if dec == nil {
+			emit(r)
+			continue
+		}
+		for len(dec) > 0 {
+			d, dsize := utf8.DecodeRune(dec)
+			dec = dec[dsize:]
+			emit(d)
+		}
 	}
-	// Pass 2: NFD; pass 3: drop non-spacing marks, lowercase.
-	cleaned := sc.arenaString(start)
-	mid := len(sc.arena)
-	sc.arena = norm.NFD.AppendString(sc.arena, cleaned)
-	decomposed := sc.arenaString(mid)
-	out := len(sc.arena)
-	for _, r := range decomposed {
+	if !reorder {
+		return
+	}
+	sc.arena = sc.arena[:mark]
+	sc.nfd = norm.NFD.Append(sc.nfd[:0], out...)
+	for i := 0; i < len(sc.nfd); {
+		r, size := utf8.DecodeRune(sc.nfd[i:])
+		i += size
 		if isNonspacingMark(r) {
 			continue
 		}
@@ -107,8 +177,14 @@ func (n *bertNormalizer) normalize(s string, sc *scratch) string {
 			sc.arena = utf8.AppendRune(sc.arena, r)
 		}
 	}
-	return sc.arenaString(out)
 }
+
+// The Hangul syllable block, decomposed algorithmically by NFD (Unicode
+// 3.12): 11,172 precomposed syllables from U+AC00.
+const (
+	hangulBase  = 0xAC00
+	hangulCount = 11172
+)
 
 // precompiledNormalizer is the sentencepiece charsmap normalizer.
 type precompiledNormalizer struct{ p *precompiled }

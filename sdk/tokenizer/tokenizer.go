@@ -81,6 +81,8 @@ type scratch struct {
 	words  []word
 	a, b   []int32
 	subtok []byte
+	// norm and nfd hold BertNormalizer's intermediate passes.
+	norm, nfd []byte
 }
 
 // FromFile loads a tokenizer.json.
@@ -192,6 +194,9 @@ func (t *Tokenizer) putScratch(sc *scratch) {
 	}
 	if cap(sc.a) > maxPooledArena || cap(sc.b) > maxPooledArena {
 		sc.a, sc.b = nil, nil
+	}
+	if cap(sc.norm) > maxPooledArena || cap(sc.nfd) > maxPooledArena {
+		sc.norm, sc.nfd = nil, nil
 	}
 	t.scratch.Put(sc)
 }

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // loadTok loads one of the golden tokenizers.
@@ -336,4 +338,31 @@ func FuzzEncodePair(f *testing.F) {
 			t.Fatalf("special tokens missing: %v", e.IDs)
 		}
 	})
+}
+
+// TestBertNormalizerRuneNFD checks the allocation-free, rune-by-rune NFD of
+// BertNormalizer against the plain algorithm (whole-text NFD, drop
+// non-spacing marks, lowercase), including texts where canonical
+// reordering matters (spacing marks with a combining class).
+func TestBertNormalizerRuneNFD(t *testing.T) {
+	n := &bertNormalizer{cleanText: true, chinese: true, stripAccents: true, lowercase: true}
+	plain := func(s string) string {
+		cleaned := (&bertNormalizer{cleanText: true, chinese: true}).normalize(s, new(scratch))
+		var b []byte
+		for _, r := range norm.NFD.String(cleaned) {
+			if !isNonspacingMark(r) {
+				b = lowerAppend(b, r)
+			}
+		}
+		return string(b)
+	}
+	inputs := append([]string{
+		"x\U0001D165\u0301\U0001D16D\u0300y", "\U0001D15F\U0001D16E", "ḗ\u0328 e\u0301\u0327 Ǻ",
+		"한국어 ᄀ 갃 힣", "Ω Å K ﬁ", "\u0F73\u0F75\u0F81",
+	}, goldenTexts...)
+	for _, s := range inputs {
+		if got, want := n.normalize(s, new(scratch)), plain(s); got != want {
+			t.Fatalf("%q: got %q, want %q", s, got, want)
+		}
+	}
 }
