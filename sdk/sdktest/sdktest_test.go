@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -80,6 +82,28 @@ func (f *fakeBackend) Health(context.Context) (sdk.Health, error) {
 
 func TestRunPassesConformingBackend(t *testing.T) {
 	Run(t, &fakeBackend{}, sdk.LoadConfig{ModelDir: "/models/fake"})
+}
+
+// serveFakeEnv makes the test binary serve fakeBackend as a plugin
+// process, so TestLaunch runs a real child process through go-plugin.
+const serveFakeEnv = "SDKTEST_SERVE_FAKE"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(serveFakeEnv) == "1" {
+		sdk.Serve(&fakeBackend{})
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func TestLaunch(t *testing.T) {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), serveFakeEnv+"=1")
+	RunRemote(t, Launch(t, cmd), sdk.LoadConfig{ModelDir: "/models/fake"})
+}
+
+func TestRunRemotePassesConformingBackend(t *testing.T) {
+	RunRemote(t, Connect(t, &fakeBackend{}), sdk.LoadConfig{ModelDir: "/models/fake"})
 }
 
 func TestChecksCatchBrokenBackends(t *testing.T) {
