@@ -32,6 +32,19 @@ const (
 // and keeps a typo in a flag from allocating the machine away.
 const maxParams = 1 << 31
 
+// maxDim caps each dimension so that ParamCount cannot overflow int64:
+// 2^24 is far above any real vocabulary (XLM-R has 250,002 ids) or width.
+const maxDim = 1 << 24
+
+// ParamCount returns the number of parameters of c.
+func (c Config) ParamCount() int64 {
+	h, i := int64(c.Hidden), int64(c.Intermediate)
+	emb := (int64(c.VocabSize)+int64(c.MaxPositions)+int64(c.TypeVocabSize))*h + 2*h
+	layer := 4*(h*h+h) + (i*h + i) + (h*i + h) + 2*2*h
+	head := (h*h + h) + int64(c.NumLabels)*h + int64(c.NumLabels)
+	return emb + int64(c.Layers)*layer + head
+}
+
 // Config is the shape of a cross-encoder, in Hugging Face config.json terms.
 type Config struct {
 	// Arch is ArchBERT or ArchXLMRoberta.
@@ -97,17 +110,13 @@ func (c Config) Validate() error {
 	if !(c.LayerNormEps > 0 && c.LayerNormEps < 1) {
 		return fmt.Errorf("crossencoder: layer norm epsilon %g outside (0, 1)", c.LayerNormEps)
 	}
-	var n int64
-	for _, p := range Params(Config{Arch: c.Arch, Layers: 1, VocabSize: c.VocabSize, Hidden: c.Hidden, Heads: c.Heads,
-		Intermediate: c.Intermediate, MaxPositions: c.MaxPositions, TypeVocabSize: c.TypeVocabSize, NumLabels: c.NumLabels}) {
-		k := int64(1)
-		for _, d := range p.Shape {
-			k *= d
+	for _, d := range []int{c.VocabSize, c.Hidden, c.Layers, c.Intermediate, c.MaxPositions, c.TypeVocabSize, c.NumLabels} {
+		if d > maxDim {
+			return fmt.Errorf("crossencoder: a dimension of %d is over the limit of %d", d, maxDim)
 		}
-		n += k
 	}
-	if int64(c.Layers) > maxParams || n*int64(c.Layers) > maxParams {
-		return fmt.Errorf("crossencoder: about %d×%d parameters, over the limit of %d", n, c.Layers, int64(maxParams))
+	if n := c.ParamCount(); n > maxParams {
+		return fmt.Errorf("crossencoder: %d parameters, over the limit of %d", n, int64(maxParams))
 	}
 	return nil
 }
