@@ -105,6 +105,9 @@ func New(cfg Config) *Server {
 		// client cannot hold a connection forever.
 		ReadTimeout:          60 * time.Second,
 		NoDefaultContentType: true,
+		// Connection-level errors (a body over the limit, a malformed
+		// request) are the client's and already answered: debug level.
+		Logger: cfg.Logger.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 	}
 	return s
 }

@@ -1,0 +1,398 @@
+// Package e2e drives the real server end to end over HTTP: TestMain builds
+// bin/rerank and the onnx-cpu plugin, the tests write generated model dirs,
+// start `rerank serve` processes on free ports, and check the wire contract
+// against real plugin processes running ONNX Runtime.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rerank-sidecar/rerank/sdk/onnx/crossencoder"
+)
+
+var (
+	// repoRoot is the repository root (where go.mod is).
+	repoRoot string
+	// binDir holds the freshly built rerank and rerank-onnx-cpu.
+	binDir string
+	// ortLibDir holds libonnxruntime; empty when it is missing.
+	ortLibDir string
+	// skipReason, when set, says why the tests cannot run here.
+	skipReason string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	var err error
+	repoRoot, err = findRepoRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	ortLibDir = os.Getenv("RERANK_ORT_LIB_DIR")
+	if ortLibDir == "" {
+		ortLibDir = filepath.Join(repoRoot, "lib", "onnxruntime")
+	}
+	if _, err := os.Stat(filepath.Join(ortLibDir, "libonnxruntime.so.1")); err != nil {
+		if _, err2 := os.Stat(filepath.Join(ortLibDir, "libonnxruntime.1.dylib")); err2 != nil {
+			skipReason = fmt.Sprintf("ONNX Runtime library not found in %s (run ./plugins/ortlib.sh or make test): %v", ortLibDir, err)
+		}
+	}
+	dir, err := os.MkdirTemp("", "rerank-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	binDir = dir
+	if skipReason == "" {
+		if err := build(); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+func findRepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod above the test's directory")
+		}
+		dir = parent
+	}
+}
+
+// build compiles the proxy without cgo and the CPU plugin with it, as make
+// build does.
+func build() error {
+	for _, b := range []struct{ out, pkg, cgo string }{
+		{"rerank", "./proxy/cmd/rerank", "0"},
+		{"rerank-onnx-cpu", "./plugins/onnx-cpu", "1"},
+	} {
+		cmd := exec.Command("go", "build", "-ldflags", "-X main.version=e2e", "-o", filepath.Join(binDir, b.out), b.pkg)
+		cmd.Dir = repoRoot
+		cmd.Env = append(os.Environ(), "CGO_ENABLED="+b.cgo)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %v\n%s", b.pkg, err, out)
+		}
+	}
+	return nil
+}
+
+func requireRuntime(t *testing.T) {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+}
+
+// golden is a plugins/internal/ort/testdata/fidelity/*.golden.json file.
+type golden struct {
+	Model struct {
+		Arch         string `json:"arch"`
+		Layers       int    `json:"layers"`
+		Hidden       int    `json:"hidden"`
+		Heads        int    `json:"heads"`
+		Intermediate int    `json:"intermediate"`
+		VocabSize    int    `json:"vocab_size"`
+		MaxPositions int    `json:"max_positions"`
+		Labels       int    `json:"labels"`
+		Seed         uint64 `json:"seed"`
+		Tokenizer    string `json:"tokenizer"`
+		ModelSHA256  string `json:"model_sha256"`
+	} `json:"model"`
+	MaxLength int `json:"max_length"`
+	Sets      []struct {
+		Query      string    `json:"query"`
+		Candidates []string  `json:"candidates"`
+		Scores     []float64 `json:"scores"`
+	} `json:"sets"`
+}
+
+func loadGolden(t *testing.T, name string) *golden {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, "plugins", "internal", "ort", "testdata", "fidelity", name+".golden.json"))
+	if err != nil {
+		t.Fatalf("golden %s: %v", name, err)
+	}
+	g := &golden{}
+	if err := json.Unmarshal(b, g); err != nil {
+		t.Fatalf("golden %s: %v", name, err)
+	}
+	if len(g.Sets) < 50 {
+		t.Fatalf("golden %s has %d sets, want at least 50", name, len(g.Sets))
+	}
+	return g
+}
+
+var modelDirs sync.Map // golden name → dir, built once per test binary
+
+// goldenModelDir writes the model a golden was recorded on (same shape,
+// seed and tokenizer) and returns its dir.
+func goldenModelDir(t *testing.T, name string) string {
+	t.Helper()
+	if d, ok := modelDirs.Load(name); ok {
+		return d.(string)
+	}
+	g := loadGolden(t, name)
+	m := g.Model
+	c, err := crossencoder.ArchDefaults(m.Arch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.VocabSize, c.Layers, c.Hidden, c.Heads, c.Intermediate, c.NumLabels = m.VocabSize, m.Layers, m.Hidden, m.Heads, m.Intermediate, m.Labels
+	if m.MaxPositions != 0 {
+		c.MaxPositions = m.MaxPositions
+	}
+	dir := filepath.Join(binDir, "models", name)
+	if err := crossencoder.WriteModelDir(dir, c, crossencoder.RandomWeights(c, m.Seed), filepath.Join(repoRoot, m.Tokenizer), crossencoder.DirOptions{}); err != nil {
+		t.Fatalf("write model %s: %v", name, err)
+	}
+	modelDirs.Store(name, dir)
+	return dir
+}
+
+// server is a running `rerank serve`.
+type server struct {
+	url  string
+	cmd  *exec.Cmd
+	logs *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startServer starts `rerank serve` with args on a free loopback port and
+// returns as soon as it accepts connections (the model may still load).
+func startServer(t *testing.T, env []string, args ...string) *server {
+	t.Helper()
+	requireRuntime(t)
+	port := freePort(t)
+	args = append([]string{"serve", "--host", "127.0.0.1", "--port", strconv.Itoa(port)}, args...)
+	cmd := exec.Command(filepath.Join(binDir, "rerank"), args...)
+	cmd.Env = append(os.Environ(),
+		"RERANK_ORT_LIB_DIR="+ortLibDir,
+		"RERANK_PLUGIN_DIR="+binDir,
+		"RERANK_CACHE_DIR="+t.TempDir(),
+	)
+	cmd.Env = append(cmd.Env, env...)
+	s := &server{url: "http://127.0.0.1:" + strconv.Itoa(port), cmd: cmd, logs: &syncBuffer{}}
+	cmd.Stdout, cmd.Stderr = s.logs, s.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("server %s logs:\n%s", strings.Join(args, " "), s.logs.String())
+		}
+	})
+	// The port binds before the model loads: wait only for the listener.
+	// The limit stops a broken server from hanging the test; it asserts
+	// nothing about speed.
+	limit := time.Now().Add(time.Minute)
+	for {
+		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err == nil {
+			c.Close()
+			return s
+		}
+		select {
+		case <-exited:
+			t.Fatalf("server exited before listening:\n%s", s.logs.String())
+		default:
+		}
+		if time.Now().After(limit) {
+			t.Fatalf("server never listened:\n%s", s.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// reply is an HTTP answer.
+type reply struct {
+	code   int
+	header http.Header
+	body   []byte
+}
+
+var client = &http.Client{Timeout: 5 * time.Minute}
+
+func (s *server) do(t *testing.T, method, path string, body []byte) reply {
+	t.Helper()
+	req, err := http.NewRequestWithContext(context.Background(), method, s.url+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reply{resp.StatusCode, resp.Header, b}
+}
+
+func (s *server) post(t *testing.T, body string) reply {
+	t.Helper()
+	return s.do(t, "POST", "/v1/rerank", []byte(body))
+}
+
+// health is GET /health's body.
+type health struct {
+	Status  string          `json:"status"`
+	Device  string          `json:"device"`
+	Model   string          `json:"model"`
+	Message string          `json:"message"`
+	Warning string          `json:"warning"`
+	Backend json.RawMessage `json:"backend"`
+}
+
+func (s *server) health(t *testing.T) (int, health) {
+	t.Helper()
+	r := s.do(t, "GET", "/health", nil)
+	var h health
+	if err := json.Unmarshal(r.body, &h); err != nil {
+		t.Fatalf("GET /health: %d %s: %v", r.code, r.body, err)
+	}
+	return r.code, h
+}
+
+// waitHealth polls /health until its status is want, and returns every
+// status seen on the way.
+func (s *server) waitHealth(t *testing.T, want string) (health, []string) {
+	t.Helper()
+	var seen []string
+	limit := time.Now().Add(3 * time.Minute)
+	for {
+		code, h := s.health(t)
+		if len(seen) == 0 || seen[len(seen)-1] != h.Status {
+			seen = append(seen, h.Status)
+		}
+		wantCode := http.StatusServiceUnavailable
+		if h.Status == "ok" {
+			wantCode = http.StatusOK
+		}
+		if code != wantCode {
+			t.Fatalf("/health status %q answered %d, want %d", h.Status, code, wantCode)
+		}
+		if h.Status == want {
+			return h, seen
+		}
+		if time.Now().After(limit) {
+			t.Fatalf("/health never became %q; saw %v; last %+v", want, seen, h)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// rerankBody encodes a request.
+func rerankBody(t *testing.T, v map[string]any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// result is one entry of a 200 answer.
+type result struct {
+	Index int     `json:"index"`
+	Score float64 `json:"score"`
+}
+
+// rerankReply is a 200 answer.
+type rerankReply struct {
+	Results          []result `json:"results"`
+	Model            string   `json:"model"`
+	ProcessingTimeMS *float64 `json:"processing_time_ms"`
+}
+
+func decodeRerank(t *testing.T, r reply) rerankReply {
+	t.Helper()
+	if r.code != http.StatusOK {
+		t.Fatalf("rerank answered %d %s", r.code, r.body)
+	}
+	var v rerankReply
+	if err := json.Unmarshal(r.body, &v); err != nil || v.ProcessingTimeMS == nil {
+		t.Fatalf("rerank answer %s: %v", r.body, err)
+	}
+	return v
+}
+
+func osReadFile(dir, name string) ([]byte, error) {
+	return os.ReadFile(filepath.Join(dir, filepath.FromSlash(name)))
+}
+
+func osWriteFile(dir, name string, b []byte) error {
+	p := filepath.Join(dir, filepath.FromSlash(name))
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(p, b, 0o644)
+}
