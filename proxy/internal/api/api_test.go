@@ -113,7 +113,9 @@ func TestRerankSuccess(t *testing.T) {
 		if !strings.HasPrefix(r.body, prefix) || !strings.HasSuffix(r.body, "}") {
 			t.Fatalf("POST %s:\n got %s\nwant %s…}", body, r.body, prefix)
 		}
-		var v struct{ ProcessingTimeMS *float64 `json:"processing_time_ms"` }
+		var v struct {
+			ProcessingTimeMS *float64 `json:"processing_time_ms"`
+		}
 		if err := json.Unmarshal([]byte(r.body), &v); err != nil || v.ProcessingTimeMS == nil || *v.ProcessingTimeMS < 0 {
 			t.Fatalf("bad processing_time_ms in %s (%v)", r.body, err)
 		}
@@ -264,7 +266,11 @@ func TestHealth(t *testing.T) {
 		Warning: "test model with random weights: scores are meaningless",
 		HealthSections: map[string]func() any{
 			"local_cache": func() any { return map[string]int64{"hits": hits.Load()} },
-			"backend":     func() any { return struct{ PairsScored int `json:"pairs_scored"` }{7} },
+			"backend": func() any {
+				return struct {
+					PairsScored int `json:"pairs_scored"`
+				}{7}
+			},
 		},
 	})
 	f := func(wantCode int, want string) {
