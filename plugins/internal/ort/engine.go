@@ -457,6 +457,9 @@ func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
 		encs[i] = enc
 	}
 	for start := 0; start < len(encs); start += m.maxBatch {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("%s: score: %w", e.backend, err)
+		}
 		end := min(start+m.maxBatch, len(encs))
 		if err := m.run(ctx, encs[start:end], scores[start:end]); err != nil {
 			return nil, fmt.Errorf("%s: %w", e.backend, err)
@@ -473,11 +476,8 @@ func grow[T int64 | int32 | float32](buf []T, n int) []T {
 	return buf[:n]
 }
 
-// run scores one batch into out.
+// run scores one batch into out; the caller checks ctx first.
 func (m *model) run(ctx context.Context, encs []tokenizer.Encoding, out []float32) error {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("score: %w", err)
-	}
 	batch, seq := len(encs), 0
 	for _, enc := range encs {
 		seq = max(seq, len(enc.IDs))
@@ -561,6 +561,9 @@ func (m *model) runSession(ctx context.Context, inputs, outputs []ortgo.Value) e
 	}()
 	err = m.session.RunWithOptions(inputs, outputs, ro)
 	if ctxErr := ctx.Err(); ctxErr != nil {
+		if err != nil {
+			return fmt.Errorf("score: run terminated (%v): %w", err, ctxErr)
+		}
 		return fmt.Errorf("score: %w", ctxErr)
 	}
 	if err != nil {

@@ -2,8 +2,10 @@ package ort
 
 import (
 	"context"
+	"errors"
 	"math"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
@@ -119,5 +121,39 @@ func TestScoresMatchForward(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRunTerminatesOnCancel shows a context that ends during an ONNX
+// Runtime run stops the run through the run options' terminate flag, rather
+// than waiting for it to finish: the run of 64 pairs of 512 tokens is given
+// a context that is already canceled, past the checks Score makes before
+// running, and must fail with ONNX Runtime's terminate error.
+func TestRunTerminatesOnCancel(t *testing.T) {
+	requireRuntime(t)
+	dir := tinyBERT.write(t, t.TempDir())
+	e := New(CPU, "onnx-cpu", WithLogger(hclog.NewNullLogger()))
+	if _, err := e.Load(context.Background(), sdk.LoadConfig{ModelDir: dir, Options: map[string]string{MaxBatchSizeOption: "64"}}); err != nil {
+		t.Fatal(err)
+	}
+	m := e.model
+	doc := strings.Repeat("the quick brown fox jumps over the lazy dog ", 200)
+	encs := make([]tokenizer.Encoding, 64)
+	for i := range encs {
+		enc, err := m.enc.EncodePair("query", doc, tokenizer.Options{MaxLength: m.maxLength, Truncation: tokenizer.LongestFirst})
+		if err != nil {
+			t.Fatal(err)
+		}
+		encs[i] = enc
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := m.run(ctx, encs, make([]float32, len(encs)))
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "terminate flag") {
+		t.Fatalf("run with a canceled context: %v; want context.Canceled from a terminated run", err)
+	}
+	// The session is still usable afterwards.
+	if _, err := e.Score(context.Background(), sdktest.Pairs[:2]); err != nil {
+		t.Fatalf("Score after a terminated run: %v", err)
 	}
 }
