@@ -2,11 +2,17 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"math"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // fidelityTolerance is the largest difference allowed between API scores and
@@ -289,4 +295,85 @@ func writeBrokenModel(t *testing.T, dir string) {
 	if err := osWriteFile(dir, "onnx/model.onnx", []byte("not an onnx model")); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestPluginCrash kills the plugin process: requests get 503 until the
+// server has restarted it and loaded the model again, then 200.
+func TestPluginCrash(t *testing.T) {
+	requireRuntime(t)
+	s := startServer(t, nil, "--model", goldenModelDir(t, "tiny-bert"))
+	s.waitHealth(t, "ok")
+	before := decodeRerank(t, s.post(t, `{"query":"q","candidates":["a","b"]}`))
+	pid := pluginPID(t, s.cmd.Process.Pid)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// The restart waits a second first, so this request almost always
+	// lands while the plugin is down; it may only succeed once the restart
+	// is done.
+	r := s.post(t, `{"query":"q","candidates":["a","b"]}`)
+	if r.code != http.StatusServiceUnavailable && restarts(t, s) == 0 {
+		t.Fatalf("rerank with the plugin dead: %d %s, want 503", r.code, r.body)
+	}
+	limit := time.Now().Add(3 * time.Minute)
+	for restarts(t, s) == 0 || !healthy(t, s) {
+		if time.Now().After(limit) {
+			t.Fatalf("plugin never restarted")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	after := decodeRerank(t, s.post(t, `{"query":"q","candidates":["a","b"]}`))
+	if after.Results[0] != before.Results[0] || after.Results[1] != before.Results[1] {
+		t.Fatalf("scores changed across the restart: %+v then %+v", before.Results, after.Results)
+	}
+	if pluginPID(t, s.cmd.Process.Pid) == pid {
+		t.Fatal("the plugin has the same pid after a restart")
+	}
+}
+
+func healthy(t *testing.T, s *server) bool {
+	code, _ := s.health(t)
+	return code == http.StatusOK
+}
+
+func restarts(t *testing.T, s *server) int {
+	t.Helper()
+	_, h := s.health(t)
+	var c struct {
+		Restarts int `json:"restarts"`
+	}
+	if err := json.Unmarshal(h.Backend, &c); err != nil {
+		t.Fatalf("backend section %s: %v", h.Backend, err)
+	}
+	return c.Restarts
+}
+
+// pluginPID finds the server's plugin child process on Linux: the children
+// of every thread of the server.
+func pluginPID(t *testing.T, parent int) int {
+	t.Helper()
+	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", parent))
+	if err != nil || len(files) == 0 {
+		t.Skipf("cannot list child processes here (no /proc): %v", err)
+	}
+	var all []string
+	for _, name := range files {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			all = append(all, f)
+			pid, err := strconv.Atoi(f)
+			if err != nil {
+				continue
+			}
+			exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+			if err == nil && strings.HasSuffix(exe, "rerank-onnx-cpu") {
+				return pid
+			}
+		}
+	}
+	t.Fatalf("no rerank-onnx-cpu child of %d (children %q)", parent, all)
+	return 0
 }

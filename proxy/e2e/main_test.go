@@ -105,7 +105,7 @@ func build() error {
 	return nil
 }
 
-func requireRuntime(t *testing.T) {
+func requireRuntime(t testing.TB) {
 	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)
@@ -135,7 +135,7 @@ type golden struct {
 	} `json:"sets"`
 }
 
-func loadGolden(t *testing.T, name string) *golden {
+func loadGolden(t testing.TB, name string) *golden {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(repoRoot, "plugins", "internal", "ort", "testdata", "fidelity", name+".golden.json"))
 	if err != nil {
@@ -155,7 +155,7 @@ var modelDirs sync.Map // golden name → dir, built once per test binary
 
 // goldenModelDir writes the model a golden was recorded on (same shape,
 // seed and tokenizer) and returns its dir.
-func goldenModelDir(t *testing.T, name string) string {
+func goldenModelDir(t testing.TB, name string) string {
 	t.Helper()
 	if d, ok := modelDirs.Load(name); ok {
 		return d.(string)
@@ -204,7 +204,7 @@ func (s *syncBuffer) String() string {
 
 // startServer starts `rerank serve` with args on a free loopback port and
 // returns as soon as it accepts connections (the model may still load).
-func startServer(t *testing.T, env []string, args ...string) *server {
+func startServer(t testing.TB, env []string, args ...string) *server {
 	t.Helper()
 	requireRuntime(t)
 	port := freePort(t)
@@ -257,7 +257,7 @@ func startServer(t *testing.T, env []string, args ...string) *server {
 	}
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -276,7 +276,7 @@ type reply struct {
 
 var client = &http.Client{Timeout: 5 * time.Minute}
 
-func (s *server) do(t *testing.T, method, path string, body []byte) reply {
+func (s *server) do(t testing.TB, method, path string, body []byte) reply {
 	t.Helper()
 	req, err := http.NewRequestWithContext(context.Background(), method, s.url+path, bytes.NewReader(body))
 	if err != nil {
@@ -297,7 +297,7 @@ func (s *server) do(t *testing.T, method, path string, body []byte) reply {
 	return reply{resp.StatusCode, resp.Header, b}
 }
 
-func (s *server) post(t *testing.T, body string) reply {
+func (s *server) post(t testing.TB, body string) reply {
 	t.Helper()
 	return s.do(t, "POST", "/v1/rerank", []byte(body))
 }
@@ -312,7 +312,7 @@ type health struct {
 	Backend json.RawMessage `json:"backend"`
 }
 
-func (s *server) health(t *testing.T) (int, health) {
+func (s *server) health(t testing.TB) (int, health) {
 	t.Helper()
 	r := s.do(t, "GET", "/health", nil)
 	var h health
@@ -324,7 +324,7 @@ func (s *server) health(t *testing.T) (int, health) {
 
 // waitHealth polls /health until its status is want, and returns every
 // status seen on the way.
-func (s *server) waitHealth(t *testing.T, want string) (health, []string) {
+func (s *server) waitHealth(t testing.TB, want string) (health, []string) {
 	t.Helper()
 	var seen []string
 	limit := time.Now().Add(3 * time.Minute)
@@ -351,7 +351,7 @@ func (s *server) waitHealth(t *testing.T, want string) (health, []string) {
 }
 
 // rerankBody encodes a request.
-func rerankBody(t *testing.T, v map[string]any) string {
+func rerankBody(t testing.TB, v map[string]any) string {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -373,7 +373,7 @@ type rerankReply struct {
 	ProcessingTimeMS *float64 `json:"processing_time_ms"`
 }
 
-func decodeRerank(t *testing.T, r reply) rerankReply {
+func decodeRerank(t testing.TB, r reply) rerankReply {
 	t.Helper()
 	if r.code != http.StatusOK {
 		t.Fatalf("rerank answered %d %s", r.code, r.body)
