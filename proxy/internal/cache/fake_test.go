@@ -108,4 +108,3 @@ func pairsOf(q string, first, n int) []sdk.Pair {
 	}
 	return ps
 }
-

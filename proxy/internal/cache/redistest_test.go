@@ -97,4 +97,3 @@ func (s *redisServer) keys(pattern string) []string {
 	}
 	return ks
 }
-

@@ -161,7 +161,21 @@ func newClient(cfg RedisConfig) (redis.UniversalClient, bool, error) {
 	return nil, false, fmt.Errorf("cache: unknown redis mode %q (want auto, single, sentinel or cluster)", cfg.Mode)
 }
 
+// redisLogOnce guards the process-wide go-redis logger.
+var redisLogOnce sync.Once
+
+// redisLogger routes go-redis's own messages (a failed dial on every probe
+// and pub/sub retry while Redis is down) to hclog at debug level: the cache
+// already logs Redis going away once, at warning level.
+type redisLogger struct{ log hclog.Logger }
+
+func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debug(fmt.Sprintf(format, v...))
+}
+
 func newRemote(cfg RedisConfig, idDigest []byte, log hclog.Logger) (*remote, error) {
+	// go-redis has one logger per process; the first cache sets it.
+	redisLogOnce.Do(func() { redis.SetLogger(redisLogger{log.Named("redis")}) })
 	client, cluster, err := newClient(cfg)
 	if err != nil {
 		return nil, err

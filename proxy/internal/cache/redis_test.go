@@ -1,0 +1,455 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rerank-sidecar/rerank/sdk"
+)
+
+// concurrently runs n requests for pairs, alternating between the caches,
+// all at once, and fails t on any error or wrong score.
+func concurrently(t *testing.T, n int, next *countingScorer, pairs []sdk.Pair, caches ...*Cache) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	start := make(chan struct{})
+	for i := range n {
+		c := caches[i%len(caches)]
+		wg.Go(func() {
+			<-start
+			got, err := c.Score(context.Background(), pairs)
+			if err != nil {
+				errs <- err
+				return
+			}
+			for j, p := range pairs {
+				if got[j] != next.want(p) {
+					errs <- fmt.Errorf("request %d: score %d = %v, want %v", i, j, got[j], next.want(p))
+					return
+				}
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+func checkScoredOnce(t *testing.T, next *countingScorer, pairs []sdk.Pair) {
+	t.Helper()
+	for _, p := range pairs {
+		if n := next.count(p); n != 1 {
+			t.Fatalf("pair %q scored %d times, want exactly once", p.Document, n)
+		}
+	}
+}
+
+func TestTwoInstancesScoreEachPairOnce(t *testing.T) {
+	srv := startRedis(t)
+	f := func(name string, localOn bool) {
+		t.Run(name, func(t *testing.T) {
+			srv.client().FlushAll(context.Background())
+			next := newCounting("m")
+			// Long enough for the 50 requests to overlap the first backend
+			// call, so both in-process and cross-instance dedup are used.
+			next.delay = 30 * time.Millisecond
+			cfg := testConfig(srv.url())
+			cfg.Local.Enabled = localOn
+			a := newTestCache(t, cfg, testIdentity, next)
+			b := newTestCache(t, cfg, testIdentity, next)
+			pairs := pairsOf(name, 0, 20)
+			concurrently(t, 50, next, pairs, a, b)
+			checkScoredOnce(t, next, pairs)
+			if got := len(srv.keys(lockKeyPrefix + "*")); got != 0 {
+				t.Errorf("%d locks left in Redis", got)
+			}
+			if got := len(srv.keys(redisKeyPrefix + "*")); got != 20 {
+				t.Errorf("%d scores in Redis, want 20", got)
+			}
+		})
+	}
+	f("L1 and Redis", true)
+	f("Redis only", false)
+}
+
+func TestPartiallyOverlappingRequestsScoreOnlyNewPairs(t *testing.T) {
+	srv := startRedis(t)
+	next := newCounting("m")
+	a := newTestCache(t, testConfig(srv.url()), testIdentity, next)
+	b := newTestCache(t, testConfig(srv.url()), testIdentity, next)
+	all := pairsOf("q", 0, 40)
+	f := func(c *Cache, from, to, wantTotal int) {
+		t.Helper()
+		checkScores(t, next, all[from:to], score(t, c, all[from:to]))
+		if got := next.total(); got != wantTotal {
+			t.Fatalf("after pairs %d..%d the backend scored %d pairs, want %d", from, to-1, got, wantTotal)
+		}
+	}
+	f(a, 0, 20, 20)
+	f(b, 10, 30, 30) // b has an empty L1: 10 from Redis, 10 new
+	f(a, 5, 35, 35)  // 15 from L1, 10 from Redis, 5 new
+	f(b, 0, 40, 40)
+	checkScoredOnce(t, next, all)
+	if st := b.Stats().Distributed; st.Hits < 20 {
+		t.Errorf("b found %d pairs in Redis, want at least 20", st.Hits)
+	}
+}
+
+func TestNoCrossTalkBetweenModels(t *testing.T) {
+	srv := startRedis(t)
+	pairs := pairsOf("q", 0, 10)
+	f := func(name string, other Identity) {
+		t.Run(name, func(t *testing.T) {
+			srv.client().FlushAll(context.Background())
+			n1, n2 := newCounting("model one"), newCounting("model two")
+			c1 := newTestCache(t, testConfig(srv.url()), testIdentity, n1)
+			c2 := newTestCache(t, testConfig(srv.url()), other, n2)
+			checkScores(t, n1, pairs, score(t, c1, pairs))
+			checkScores(t, n2, pairs, score(t, c2, pairs))
+			checkScores(t, n1, pairs, score(t, c1, pairs))
+			checkScores(t, n2, pairs, score(t, c2, pairs))
+			checkScoredOnce(t, n1, pairs)
+			checkScoredOnce(t, n2, pairs)
+			if got := len(srv.keys(redisKeyPrefix + "*")); got != 2*len(pairs) {
+				t.Errorf("%d scores in Redis, want %d", got, 2*len(pairs))
+			}
+		})
+	}
+	with := func(mod func(*Identity)) Identity {
+		id := testIdentity
+		mod(&id)
+		return id
+	}
+	f("precision", with(func(i *Identity) { i.Precision = sdk.INT8 }))
+	f("model", with(func(i *Identity) { i.Name, i.Revision = "tiny-xlmr", "sha256:4567" }))
+	f("revision", with(func(i *Identity) { i.Revision = "sha256:89ab" }))
+	f("activation", with(func(i *Identity) { i.Activation = "identity" }))
+}
+
+func TestRedisTTLExpiry(t *testing.T) {
+	srv := startRedis(t)
+	cfg := testConfig(srv.url())
+	cfg.Local.Enabled = false
+	cfg.Redis.TTL = 200 * time.Millisecond
+	next := newCounting("m")
+	c := newTestCache(t, cfg, testIdentity, next)
+	pairs := pairsOf("q", 0, 3)
+	score(t, c, pairs)
+	score(t, c, pairs)
+	if got := next.total(); got != 3 {
+		t.Fatalf("backend scored %d pairs before expiry, want 3", got)
+	}
+	rc := srv.client()
+	keys := srv.keys(redisKeyPrefix + "*")
+	if len(keys) != 3 {
+		t.Fatalf("%d keys in Redis, want 3", len(keys))
+	}
+	for _, k := range keys {
+		ttl := rc.PTTL(context.Background(), k).Val()
+		if ttl <= 0 || ttl > cfg.Redis.TTL {
+			t.Fatalf("key %s has TTL %s, want one in (0, %s]", k, ttl, cfg.Redis.TTL)
+		}
+	}
+	// Let Redis expire them itself; the loop only waits for that.
+	for len(srv.keys(redisKeyPrefix+"*")) > 0 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	checkScores(t, next, pairs, score(t, c, pairs))
+	if got := next.total(); got != 6 {
+		t.Errorf("backend scored %d pairs after expiry, want 6", got)
+	}
+}
+
+func TestStolenLockIsNotReleasedByNonOwner(t *testing.T) {
+	srv := startRedis(t)
+	c := newTestCache(t, testConfig(srv.url()), testIdentity, newCounting("m"))
+	r := c.remote
+	k := c.keyer.keys(pairsOf("q", 0, 1))
+	lock := lockKeyPrefix + redisKey(k)
+	ctx := context.Background()
+	rc := srv.client()
+
+	owner := r.newToken()
+	got, _, err := r.lockAndGet(ctx, []string{k}, owner)
+	if err != nil || !got[0] {
+		t.Fatalf("first lockAndGet = %v, %v; want the lock", got, err)
+	}
+	other := r.newToken()
+	if got, _, err := r.lockAndGet(ctx, []string{k}, other); err != nil || got[0] {
+		t.Fatalf("second lockAndGet = %v, %v; want no lock while it is held", got, err)
+	}
+	// The owner's lock expires and another instance takes it.
+	rc.Del(ctx, lock)
+	thief := "another-process:1"
+	rc.Set(ctx, lock, thief, time.Minute)
+	if err := r.release(ctx, owner, []string{k}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if v := rc.Get(ctx, lock).Val(); v != thief {
+		t.Fatalf("after the former owner's release the lock holds %q, want %q", v, thief)
+	}
+	if err := r.release(ctx, other, []string{k}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if v := rc.Get(ctx, lock).Val(); v != thief {
+		t.Fatalf("after a waiter's release the lock holds %q, want %q", v, thief)
+	}
+	if err := r.release(ctx, thief, []string{k}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := rc.Exists(ctx, lock).Val(); n != 0 {
+		t.Fatalf("the owner's release left the lock")
+	}
+}
+
+func TestWaiterComputesWhenLockOwnerIsGone(t *testing.T) {
+	srv := startRedis(t)
+	next := newCounting("m")
+	c := newTestCache(t, testConfig(srv.url()), testIdentity, next)
+	pairs := pairsOf("q", 0, 4)
+	keys := c.keyer.keys(pairs)
+	rc := srv.client()
+	ctx := context.Background()
+	// A dead instance holds the locks of pairs 0 and 1 for a minute.
+	for i := range 2 {
+		rc.Set(ctx, lockKeyPrefix+redisKey(keyAt(keys, i)), "dead-process:1", time.Minute)
+	}
+	// The request waits half its remaining time, then computes them.
+	rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	got, err := c.Score(rctx, pairs)
+	if err != nil {
+		t.Fatalf("Score: %v", err)
+	}
+	checkScores(t, next, pairs, got)
+	checkScoredOnce(t, next, pairs)
+	if st := c.Stats().Distributed; st.LockWaits != 2 {
+		t.Errorf("lock waits = %d, want 2", st.LockWaits)
+	}
+	// The dead instance's locks are still its own.
+	if n := len(srv.keys(lockKeyPrefix + "*")); n != 2 {
+		t.Errorf("%d locks in Redis, want the dead instance's 2", n)
+	}
+}
+
+func TestWaiterWakesWhenOwnerFinishes(t *testing.T) {
+	srv := startRedis(t)
+	next := newCounting("m")
+	a := newTestCache(t, testConfig(srv.url()), testIdentity, next)
+	cfg := testConfig(srv.url())
+	// Polling is off in practice: only the notification can wake b.
+	cfg.Redis.PollInterval = time.Hour
+	b := newTestCache(t, cfg, testIdentity, next)
+	pairs := pairsOf("q", 0, 5)
+	keys := a.keyer.keys(pairs)
+	ctx := context.Background()
+	// a holds the locks, as if it had started computing.
+	owner := a.remote.newToken()
+	ks := make([]string, len(pairs))
+	for i := range pairs {
+		ks[i] = keyAt(keys, i)
+	}
+	if got, _, err := a.remote.lockAndGet(ctx, ks, owner); err != nil || !got[0] {
+		t.Fatalf("lockAndGet = %v, %v", got, err)
+	}
+	done := make(chan []float32)
+	go func() {
+		got, err := b.Score(ctx, pairs)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- got
+	}()
+	// Wait until b is waiting, then finish a's work.
+	for i := 0; b.Stats().Distributed.LockWaits == 0; i++ {
+		if i == 10000 {
+			t.Fatal("b never waits for a's locks")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	scores := make([]float32, len(pairs))
+	items := toItems([]int{0, 1, 2, 3, 4})
+	if err := a.compute(ctx, pairs, keys, scores, items, owner, ks); err != nil {
+		t.Fatal(err)
+	}
+	checkScores(t, next, pairs, <-done)
+	checkScoredOnce(t, next, pairs)
+}
+
+func TestRedisKilledDuringLoad(t *testing.T) {
+	srv := startRedis(t)
+	next := newCounting("m")
+	cfg := testConfig(srv.url())
+	// A short timeout, as in production: a killed Redis must not slow the
+	// run down. Scores computed twice are fine here; failures are not.
+	cfg.Redis.Timeout = 100 * time.Millisecond
+	a := newTestCache(t, cfg, testIdentity, next)
+	b := newTestCache(t, cfg, testIdentity, next)
+	// Half of each request comes from a shared pool (L1 and Redis hits and
+	// waits on the other instance's locks), half is new (Redis lookups and
+	// writes on every request).
+	shared := pairsOf("q", 0, 100)
+	var fresh atomic.Int64
+
+	var requests, failures atomic.Int64
+	var failMu sync.Mutex
+	var firstFailure error
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 1))
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c := a
+				if i%2 == 1 {
+					c = b
+				}
+				from := rng.IntN(len(shared) - 10)
+				n := fresh.Add(10)
+				pairs := append(pairsOf("new", int(n), 10), shared[from:from+10]...)
+				got, err := c.Score(context.Background(), pairs)
+				requests.Add(1)
+				if err == nil {
+					for j, p := range pairs {
+						if got[j] != next.want(p) {
+							err = fmt.Errorf("score %d = %v, want %v", j, got[j], next.want(p))
+							break
+						}
+					}
+				}
+				if err != nil {
+					failures.Add(1)
+					failMu.Lock()
+					if firstFailure == nil {
+						firstFailure = err
+					}
+					failMu.Unlock()
+				}
+			}
+		})
+	}
+	waitRequests := func(n int64) {
+		for target := requests.Load() + n; requests.Load() < target; {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitRequests(100)
+	srv.kill()
+	waitRequests(300)
+	close(stop)
+	wg.Wait()
+	if n := failures.Load(); n != 0 {
+		t.Fatalf("%d of %d requests failed while Redis was killed; first: %v", n, requests.Load(), firstFailure)
+	}
+	if st := a.Stats().Distributed; st.Errors == 0 || st.BreakerOpened == 0 || st.Connected {
+		t.Errorf("a's stats after the kill = %+v; want errors, an opened breaker, not connected", st)
+	}
+
+	// Restarted (empty), Redis is used again once the breaker lets a probe
+	// through: a pair a scored is then found by b without the backend.
+	srv.start()
+	for i := 0; ; i++ {
+		p := []sdk.Pair{{Query: "after restart", Document: fmt.Sprint(i)}}
+		score(t, a, p)
+		before := next.total()
+		score(t, b, p)
+		if next.total() == before {
+			break
+		}
+		if i == 1000 {
+			t.Fatalf("Redis not used again after its restart")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := b.Stats().Distributed; !st.Connected {
+		t.Errorf("b's stats after the restart = %+v; want connected", st)
+	}
+}
+
+func TestDeadRedisFailsOpen(t *testing.T) {
+	// A listener that accepts and never answers: a stalled Redis.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var conns sync.WaitGroup
+	var held []net.Conn
+	var heldMu sync.Mutex
+	conns.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			heldMu.Lock()
+			held = append(held, c)
+			heldMu.Unlock()
+		}
+	})
+	defer func() {
+		l.Close()
+		conns.Wait()
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	cfg := testConfig("redis://" + l.Addr().String() + "/0")
+	cfg.Redis.Timeout = 20 * time.Millisecond
+	cfg.Redis.BreakerCooldown = time.Hour
+	cfg.Redis.BreakerMaxCooldown = time.Hour
+	cfg.Local.Enabled = false
+	next := newCounting("m")
+	c := newTestCache(t, cfg, testIdentity, next)
+	pairs := pairsOf("q", 0, 5)
+	for range 10 {
+		checkScores(t, next, pairs, score(t, c, pairs))
+	}
+	st := c.Stats().Distributed
+	if st.BreakerOpened != 1 || st.Errors != uint64(cfg.Redis.BreakerThreshold) || st.Skipped < 7 || st.Connected {
+		t.Errorf("stats = %+v; want the breaker opened once after %d errors, later calls skipped", st, cfg.Redis.BreakerThreshold)
+	}
+}
+
+func TestRedisStats(t *testing.T) {
+	srv := startRedis(t)
+	c := newTestCache(t, testConfig(srv.url()), testIdentity, newCounting("m"))
+	pairs := pairsOf("q", 0, 6)
+	score(t, c, pairs)
+	st := c.Stats().Distributed
+	if !st.Enabled || !st.Connected || st.CachedEntries != 6 || st.KeyspaceMisses == 0 || st.Misses != 6 {
+		t.Errorf("stats = %+v; want enabled, connected, 6 entries, keyspace misses, 6 misses", st)
+	}
+}
+
+func TestErrorsReleaseLocks(t *testing.T) {
+	srv := startRedis(t)
+	next := newCounting("m")
+	next.fail = errBackend
+	c := newTestCache(t, testConfig(srv.url()), testIdentity, next)
+	pairs := pairsOf("q", 0, 3)
+	if _, err := c.Score(context.Background(), pairs); !errors.Is(err, errBackend) {
+		t.Fatalf("Score error = %v, want %v", err, errBackend)
+	}
+	if n := len(srv.keys("*")); n != 0 {
+		t.Errorf("%d keys left in Redis after a failed batch, want none", n)
+	}
+	next.setFail(nil)
+	checkScores(t, next, pairs, score(t, c, pairs))
+}
