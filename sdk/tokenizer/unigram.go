@@ -24,9 +24,8 @@ type unigramPiece struct {
 //
 // A unigram is immutable after newUnigram and safe for concurrent use.
 type unigram struct {
-	scores []float64
-	ids    map[string]int32
-	trie   pieceTrie
+	ids  map[string]int32
+	trie pieceTrie
 	// unkScore is the score of an unknown character, min_score - kUnkPenalty.
 	unkScore float64
 	unkID    int32
@@ -53,16 +52,16 @@ func newUnigram(vocab []unigramPiece, unkID int, byteFallback bool) (*unigram, e
 		return nil, fmt.Errorf("tokenizer: unigram unk_id %d is not in the vocabulary of %d pieces", unkID, len(vocab))
 	}
 	u := &unigram{
-		scores: make([]float64, len(vocab)),
-		ids:    make(map[string]int32, len(vocab)),
-		unkID:  int32(unkID),
+		ids:   make(map[string]int32, len(vocab)),
+		unkID: int32(unkID),
 	}
+	scores := make([]float64, len(vocab))
 	minScore := math.Inf(1)
 	for id, p := range vocab {
 		if math.IsNaN(p.Score) {
 			return nil, fmt.Errorf("tokenizer: unigram piece %d (%q) has a NaN score", id, p.Piece)
 		}
-		u.scores[id] = p.Score
+		scores[id] = p.Score
 		// A later duplicate wins, as HF's HashMap insert does.
 		u.ids[p.Piece] = int32(id)
 		minScore = min(minScore, p.Score)
@@ -81,7 +80,7 @@ func newUnigram(vocab []unigramPiece, unkID int, byteFallback bool) (*unigram, e
 	for i, k := range keys {
 		vals[i] = u.ids[k]
 	}
-	u.trie = buildPieceTrie(keys, vals)
+	u.trie = buildPieceTrie(keys, vals, scores)
 	if byteFallback {
 		u.byteIDs = new([256]int32)
 		for b := range u.byteIDs {
@@ -165,7 +164,7 @@ func (u *unigram) appendTokens(dst []int32, word string) []int32 {
 				continue
 			}
 			end := i + 1
-			cand := u.scores[id] + here
+			cand := nodes[node].score + here
 			if t := &best[end]; t.start < 0 || cand > t.score {
 				*t = bestPath{score: cand, start: int32(start), id: id}
 			}
@@ -250,6 +249,9 @@ type trieNode struct {
 	base  int32 // offset of the children, 0 when the node has none
 	check int32 // the parent node, -1 for a free cell
 	value int32 // the piece id ending here, -1 for none
+	// score is the score of the piece ending here, kept beside its id so
+	// that the Viterbi loop reads one cache line per trie step.
+	score float64
 }
 
 // trieLabels is the number of distinct child labels (a byte plus one).
@@ -257,10 +259,10 @@ const trieLabels = 257
 
 // buildPieceTrie builds the double array of keys (sorted, distinct, non-empty)
 // with their values.
-func buildPieceTrie(keys []string, vals []int32) pieceTrie {
-	b := trieBuilder{keys: keys, vals: vals}
+func buildPieceTrie(keys []string, vals []int32, scores []float64) pieceTrie {
+	b := trieBuilder{keys: keys, vals: vals, scores: scores, head: -1, tail: -1}
 	b.grow(trieLabels)
-	b.nodes[0].check = 0 // the root is its own parent, so that it is never free
+	b.occupy(0, 0) // the root is its own parent, so that it is never free
 	b.build(0, 0, len(keys), 0)
 	// Trim the free tail; lookups bound-check against len.
 	last := len(b.nodes) - 1
@@ -270,19 +272,49 @@ func buildPieceTrie(keys []string, vals []int32) pieceTrie {
 	return pieceTrie{nodes: slices.Clip(b.nodes[:last+1])}
 }
 
-// trieBuilder places nodes into the double array.
+// trieBuilder places nodes into the double array. Free cells form a doubly
+// linked list so that the search for a base visits free cells only (as
+// darts-clone builds), which keeps a 250k-piece build linear in practice.
 type trieBuilder struct {
-	keys  []string
-	vals  []int32
-	nodes []trieNode
-	// nextFree is a lower bound of the first free cell, where base search starts.
-	nextFree int
+	keys   []string
+	vals   []int32
+	scores []float64 // by piece id
+	nodes  []trieNode
+	// next and prev link the free cells, -1 ending the list; meaningless for
+	// occupied cells.
+	next, prev []int32
+	head, tail int32
 }
 
 // grow extends the array with free cells up to at least n cells.
 func (b *trieBuilder) grow(n int) {
 	for len(b.nodes) < n {
+		i := int32(len(b.nodes))
 		b.nodes = append(b.nodes, trieNode{check: -1, value: -1})
+		b.next = append(b.next, -1)
+		b.prev = append(b.prev, b.tail)
+		if b.tail >= 0 {
+			b.next[b.tail] = i
+		} else {
+			b.head = i
+		}
+		b.tail = i
+	}
+}
+
+// occupy takes free cell i out of the free list for a child of parent.
+func (b *trieBuilder) occupy(i int, parent int32) {
+	b.nodes[i].check = parent
+	p, n := b.prev[i], b.next[i]
+	if p >= 0 {
+		b.next[p] = n
+	} else {
+		b.head = n
+	}
+	if n >= 0 {
+		b.prev[n] = p
+	} else {
+		b.tail = p
 	}
 }
 
@@ -291,6 +323,7 @@ func (b *trieBuilder) grow(n int) {
 func (b *trieBuilder) build(node int32, lo, hi, depth int) {
 	if lo < hi && len(b.keys[lo]) == depth {
 		b.nodes[node].value = b.vals[lo]
+		b.nodes[node].score = b.scores[b.vals[lo]]
 		lo++ // sorted and distinct: only the first key can end here
 	}
 	if lo == hi {
@@ -310,14 +343,20 @@ func (b *trieBuilder) build(node int32, lo, hi, depth int) {
 	}
 	bounds[n] = hi
 
-	for b.nextFree < len(b.nodes) && b.nodes[b.nextFree].check >= 0 {
-		b.nextFree++
-	}
-	base := max(1, b.nextFree-int(labels[0])-1)
-	for ; ; base++ {
+	// The first free cell e that can hold the first label gives the base.
+	base := 0
+	for e := b.head; ; e = b.next[e] {
+		if e < 0 {
+			e = int32(len(b.nodes))
+			b.grow(len(b.nodes) + trieLabels)
+		}
+		base = int(e) - int(labels[0]) - 1
+		if base < 1 {
+			continue
+		}
 		b.grow(base + trieLabels)
 		fits := true
-		for _, c := range labels[:n] {
+		for _, c := range labels[1:n] {
 			if b.nodes[base+int(c)+1].check >= 0 {
 				fits = false
 				break
@@ -329,7 +368,7 @@ func (b *trieBuilder) build(node int32, lo, hi, depth int) {
 	}
 	b.nodes[node].base = int32(base)
 	for _, c := range labels[:n] {
-		b.nodes[base+int(c)+1].check = node
+		b.occupy(base+int(c)+1, node)
 	}
 	for k, c := range labels[:n] {
 		b.build(int32(base+int(c)+1), bounds[k], bounds[k+1], depth+1)
