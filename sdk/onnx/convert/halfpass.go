@@ -9,12 +9,15 @@ import (
 	"github.com/rerank-sidecar/rerank/sdk/onnx/onnxpb"
 )
 
-// DefaultKeepFloat32 are the op types ToFloat16 and ToBFloat16 leave in fp32 by default: the
-// reductions of a LayerNorm or Softmax written out op by op (older exports,
-// opset < 17), where x² overflows fp16 from |x| > 256 and a long sum loses
-// the small terms. The fused LayerNormalization and Softmax kernels of ONNX
-// Runtime accumulate half inputs in fp32 themselves, so those stay half.
-var DefaultKeepFloat32 = []string{"Pow", "ReduceMean", "ReduceSum", "Sqrt", "Exp", "Reciprocal", "CumSum", "Range"}
+// DefaultKeepFloat32 are the op types ToFloat16 and ToBFloat16 leave in fp32
+// by default: LayerNormalization, whose fp32 output halved the logit
+// deviation of fp16 in our measurements (ONNX Runtime's kernels accumulate
+// in fp32 either way, but the normalised values then round to half), and
+// the reductions of a LayerNorm or Softmax written out op by op (older
+// exports, opset < 17), where x² overflows fp16 from |x| > 256 and a long
+// sum loses the small terms. Softmax stays half: ONNX Runtime's kernels
+// accumulate it in fp32 and exp(x - max) ≤ 1 cannot overflow.
+var DefaultKeepFloat32 = []string{"LayerNormalization", "Pow", "ReduceMean", "ReduceSum", "Sqrt", "Exp", "Reciprocal", "CumSum", "Range"}
 
 // HalfOptions adjusts ToFloat16 and ToBFloat16.
 type HalfOptions struct {
@@ -40,10 +43,10 @@ var (
 // ToFloat16 converts the fp32 model m in place to compute in IEEE fp16.
 //
 // Every node computing on floats runs in half precision, except the op types
-// in opt.KeepFloat32 and the final logit: the nodes producing a float graph
-// output, back to and including the first MatMul or Gemm on each path (the
-// classifier's last linear layer), stay fp32, so the logit the activation is
-// applied to keeps full precision. Graph inputs and outputs keep their
+// in opt.KeepFloat32 and the classification head: the nodes producing a
+// float graph output, back to and including the second MatMul or Gemm on
+// each path (pooler/dense and classifier, see headMatMuls), stay fp32, so
+// the logit the activation is applied to keeps full precision. Graph inputs and outputs keep their
 // types. Float initializers used only by half nodes are stored in half
 // precision, clamped to its finite range; one used by both kinds is kept in
 // fp32 and duplicated. Cast nodes are inserted at every boundary between the
@@ -260,16 +263,25 @@ func checkConvertible(g *onnxpb.GraphProto) error {
 	return nil
 }
 
-// headNodes marks the nodes that compute the float graph outputs from the
-// last MatMul or Gemm on: walking back from each output's producer through
-// float non-constant inputs, stopping at (and including) a MatMul or Gemm.
+// headMatMuls is how many MatMul/Gemm layers the classification head has
+// on the path to the logits: BERT's pooler and classifier, XLM-R's
+// RobertaClassificationHead dense and out_proj. They run on one token per
+// pair, so keeping them in fp32 costs nothing measurable, and the logits are
+// most sensitive to them (a random-weight test model's head spreads logits
+// over several units; half-precision rounding there doubled the score
+// deviation in our measurements).
+const headMatMuls = 2
+
+// headNodes marks the nodes of the classification head: walking back from
+// each float graph output's producer through float non-constant inputs, up
+// to and including the headMatMuls-th MatMul or Gemm on the path.
 func headNodes(g *onnxpb.GraphProto, types map[string]elemType, producer map[string]int, inits map[string]*onnxpb.TensorProto) map[int]bool {
 	head := map[int]bool{}
-	var walk func(v string, depth int)
-	walk = func(v string, depth int) {
-		// The head of a classifier is a handful of nodes; the bound only
+	var walk func(v string, depth, matmuls int)
+	walk = func(v string, depth, matmuls int) {
+		// A classification head is a handful of nodes; the bound only
 		// guards against walking the whole encoder in an unusual graph.
-		const maxDepth = 8
+		const maxDepth = 12
 		i, ok := producer[v]
 		if !ok || head[i] || depth > maxDepth {
 			return
@@ -277,17 +289,20 @@ func headNodes(g *onnxpb.GraphProto, types map[string]elemType, producer map[str
 		n := g.GetNode()[i]
 		head[i] = true
 		if op := n.GetOpType(); op == "MatMul" || op == "Gemm" {
-			return
+			matmuls++
+			if matmuls == headMatMuls {
+				return
+			}
 		}
 		for _, in := range n.GetInput() {
 			if _, c := inits[in]; !c && types[in] == tFloat {
-				walk(in, depth+1)
+				walk(in, depth+1, matmuls)
 			}
 		}
 	}
 	for _, o := range g.GetOutput() {
 		if types[o.GetName()] == tFloat {
-			walk(o.GetName(), 0)
+			walk(o.GetName(), 0, 0)
 		}
 	}
 	return head

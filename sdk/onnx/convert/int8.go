@@ -50,8 +50,8 @@ type Int8Stats struct {
 // quantized symmetrically per output column (one scale per column, zero
 // point 0); the activations are quantized to uint8 per call by the
 // runtime, and the result is fp32. A following Add of a constant bias is
-// folded into the node. The classifier's last linear layer (the MatMul or
-// Gemm the logits come from) is left in fp32. Embedding tables are stored as
+// folded into the node. The classification head (the two linear layers the
+// logits come from, see headMatMuls) is left in fp32. Embedding tables are stored as
 // int8 with a per-row scale unless opt.KeepEmbeddings is set. Everything
 // else stays fp32.
 func Int8(m *onnxpb.ModelProto, opt Int8Options) (Int8Stats, error) {
