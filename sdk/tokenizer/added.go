@@ -26,7 +26,7 @@ func (m *addedMatcher) split(s string, fn func(start, end int, id int32)) {
 	// next[i] is the position of the next occurrence of token i at or after
 	// the cursor, -1 when there is none left; positions are recomputed only
 	// once the cursor passes them, so the search is linear in len(s) per token.
-	var nextBuf [8]int
+	var nextBuf [8]int // on the stack: tokenizers have a handful of added tokens
 	next := nextBuf[:0]
 	if len(m.tokens) > len(nextBuf) {
 		next = make([]int, 0, len(m.tokens))

@@ -192,6 +192,8 @@ func parseModel(raw json.RawMessage) (model, func(string) (int32, bool), int, in
 		if err := json.Unmarshal(m.Vocab, &vocab); err != nil {
 			return nil, nil, 0, 0, fmt.Errorf("tokenizer: invalid WordPiece vocab: %w", err)
 		}
+		// "##" and 100 characters are the reference library's defaults for
+		// continuing_subword_prefix and max_input_chars_per_word.
 		wp := &wordPiece{vocab: make(map[string]int32, len(vocab)), prefix: "##", maxChars: 100}
 		var maxID int64 = -1
 		for k, v := range vocab {
@@ -415,6 +417,7 @@ func parsePreTokenizer(raw json.RawMessage) (preTokenizer, error) {
 		if err := json.Unmarshal(raw, &p); err != nil {
 			return nil, fmt.Errorf("tokenizer: invalid Metaspace: %w", err)
 		}
+		// ▁ (U+2581), "always" and split are the reference library's defaults.
 		m := &metaspacePreTokenizer{replacement: "\u2581", scheme: prependAlways, split: true}
 		if p.Replacement != nil {
 			m.replacement = *p.Replacement

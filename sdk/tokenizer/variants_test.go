@@ -62,6 +62,17 @@ var variants = []variant{
 		"normalizer":    `{"type":"Sequence","normalizers":[{"type":"NFKC"},{"type":"Prepend","prepend":"x"}]}`,
 		"pre_tokenizer": `{"type":"Sequence","pretokenizers":[{"type":"Punctuation","behavior":"Isolated"},{"type":"Metaspace","replacement":"▁","prepend_scheme":"first","split":true}]}`,
 	}},
+	{"cased-bert-singleword-strip", "minilm", map[string]string{
+		"normalizer":    `{"type":"Sequence","normalizers":[{"type":"Strip","strip_left":true,"strip_right":false},{"type":"BertNormalizer","clean_text":true,"handle_chinese_chars":true,"strip_accents":null,"lowercase":false}]}`,
+		"pre_tokenizer": `{"type":"BertPreTokenizer"}`,
+		"added_tokens": `[{"id":0,"content":"[PAD]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},` +
+			`{"id":100,"content":"[UNK]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},` +
+			`{"id":101,"content":"[CLS]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},` +
+			`{"id":102,"content":"[SEP]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},` +
+			`{"id":103,"content":"[MASK]","single_word":true,"lstrip":false,"rstrip":false,"normalized":false,"special":true},` +
+			`{"id":30522,"content":"is","single_word":true,"lstrip":false,"rstrip":false,"normalized":true,"special":false},` +
+			`{"id":30523,"content":"the","single_word":true,"lstrip":false,"rstrip":true,"normalized":false,"special":false}]`,
+	}},
 	{"metaspace-never-legacy", "xlmr_classic", map[string]string{
 		"pre_tokenizer": `{"type":"Metaspace","replacement":"▁","add_prefix_space":false,"prepend_scheme":"never"}`,
 	}},
@@ -103,6 +114,7 @@ func variantCases() []goldenCase {
 	}
 	cases = append(cases,
 		goldenCase{Query: "Paris [CLS]  [MASK] paris PARIS Emoji   x", Document: " [CLS] Emoji\t[MASK][SEP]"},
+		goldenCase{Query: "this is the thesis; is it theirs? the", Document: "x[MASK]y [MASK] (is) _is_ is\u00e9 the\tend"},
 		goldenCase{Query: goldenTexts[2], Document: goldenTexts[42], MaxLength: 16, Truncation: "longest_first"},
 		goldenCase{Query: goldenTexts[2], Document: goldenTexts[42], MaxLength: 21, Truncation: "only_second"},
 		goldenCase{Query: goldenTexts[2], Document: goldenTexts[42], MaxLength: 33, Truncation: "only_first"})
