@@ -210,7 +210,8 @@ func TestTinyXLMR(t *testing.T) {
 // same model (the minilm golden was recorded on that very model).
 func TestDefaultTestModel(t *testing.T) {
 	requireRuntime(t)
-	s := startServer(t, nil)
+	cache := t.TempDir()
+	s := startServer(t, []string{"RERANK_CACHE_DIR=" + cache})
 	code, h := s.health(t)
 	if code != http.StatusServiceUnavailable || h.Status != "loading" || h.Device != "cpu" || h.Model != "rerank-test-model-minilm-l6" {
 		t.Fatalf("first /health = %d %+v, want 503 loading", code, h)
@@ -229,7 +230,9 @@ func TestDefaultTestModel(t *testing.T) {
 	if !strings.Contains(s.logs.String(), "test model with random weights: scores are meaningless") {
 		t.Fatalf("the log does not say a test model is served:\n%s", s.logs.String())
 	}
-	checkFidelity(t, s, loadGolden(t, "minilm"))
+	g := loadGolden(t, "minilm")
+	checkModelSHA(t, g, filepath.Join(cache, "testmodels", "minilm-l6-seed1"))
+	checkFidelity(t, s, g)
 }
 
 // TestTimeout gives requests a budget far below what scoring 200 long

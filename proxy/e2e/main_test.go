@@ -7,6 +7,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -174,8 +176,23 @@ func goldenModelDir(t testing.TB, name string) string {
 	if err := crossencoder.WriteModelDir(dir, c, crossencoder.RandomWeights(c, m.Seed), filepath.Join(repoRoot, m.Tokenizer), crossencoder.DirOptions{}); err != nil {
 		t.Fatalf("write model %s: %v", name, err)
 	}
+	checkModelSHA(t, g, dir)
 	modelDirs.Store(name, dir)
 	return dir
+}
+
+// checkModelSHA fails when dir's model is not the one the golden was
+// recorded on, which means the goldens need regenerating.
+func checkModelSHA(t testing.TB, g *golden, dir string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "onnx", "model.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	if got := hex.EncodeToString(sum[:]); g.Model.ModelSHA256 != "" && got != g.Model.ModelSHA256 {
+		t.Fatalf("the model in %s has sha256 %s, but the golden was recorded on %s: the model builder changed; regenerate the goldens", dir, got, g.Model.ModelSHA256)
+	}
 }
 
 // server is a running `rerank serve`.
