@@ -165,6 +165,22 @@ func (p *precompiled) normalize(s string) string {
 			state = -1
 			continue
 		}
+		// Second fast path: a character that cannot start a longer grapheme
+		// when followed by this next one is a grapheme of its own.
+		if c, size := utf8.DecodeRuneInString(s[i:]); i+size == len(s) || graphemeEndsAfter(c, s[i+size:]) {
+			ch := s[i : i+size]
+			if repl, ok := p.transform(ch); ok {
+				if out == nil {
+					out = startOutput(s, i)
+				}
+				out = append(out, repl...)
+			} else if out != nil {
+				out = append(out, ch...)
+			}
+			i += size
+			state = -1
+			continue
+		}
 		g, _, _, next := uniseg.FirstGraphemeClusterInString(s[i:], state)
 		state = next
 		if len(g) < graphemeLimit {
@@ -205,4 +221,56 @@ func startOutput(s string, i int) []byte {
 	out := make([]byte, i, len(s)+slack)
 	copy(out, s[:i])
 	return out
+}
+
+// graphemeEndsAfter reports, cheaply and conservatively, that a grapheme
+// starting with c ends before rest's first character: c is not CR or a
+// Prepend character, and that next character is from a block that has no
+// character ever continuing a grapheme (no Extend, ZWJ, SpacingMark, Hangul
+// jamo or syllable, or regional indicator: UAX #29 GB3-GB13 then all break).
+// A false answer only sends the text through full segmentation. The tests
+// check both halves against uniseg over every code point.
+func graphemeEndsAfter(c rune, rest string) bool {
+	if c == '\r' || isPrepend(c) {
+		return false
+	}
+	n := rune(rest[0])
+	if n >= utf8.RuneSelf {
+		n, _ = utf8.DecodeRuneInString(rest)
+	}
+	switch {
+	case n < 0x300: // ASCII, Latin-1, Latin Extended-A/B, IPA, spacing modifiers
+		return true
+	case n < 0x370: // combining diacritical marks
+		return false
+	case n < 0x483: // Greek, Coptic, Cyrillic letters (0x483.. are combining)
+		return true
+	case n >= 0x3041 && n < 0x3097: // hiragana letters (0x3099, 0x309A combine)
+		return true
+	case n >= 0x30A1 && n < 0x30FB: // katakana letters
+		return true
+	case n >= 0x3400 && n < 0x4DC0: // CJK unified ideographs extension A
+		return true
+	case n >= 0x4E00 && n < 0xA000: // CJK unified ideographs
+		return true
+	case n >= 0xFF01 && n < 0xFF9E: // fullwidth forms, halfwidth katakana (0xFF9E, 0xFF9F combine)
+		return true
+	}
+	return false
+}
+
+// isPrepend reports whether c has the Grapheme_Cluster_Break property
+// Prepend (in Unicode 15.0, as uniseg, or 16.0), which joins a grapheme with
+// the character after it (UAX #29 GB9b).
+func isPrepend(c rune) bool {
+	if c < 0x600 {
+		return false
+	}
+	switch {
+	case c >= 0x600 && c <= 0x605, c == 0x6DD, c == 0x70F, c == 0x890, c == 0x891, c == 0x8E2, c == 0xD4E,
+		c == 0x110BD, c == 0x110CD, c == 0x111C2, c == 0x111C3, c == 0x1193F, c == 0x11941, c == 0x11A3A,
+		c >= 0x11A84 && c <= 0x11A89, c == 0x11D46, c == 0x11F02, c == 0x113D1:
+		return true
+	}
+	return false
 }

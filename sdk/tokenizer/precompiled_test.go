@@ -12,7 +12,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unicode"
 	"unicode/utf8"
+
+	"github.com/rivo/uniseg"
 )
 
 // updateUnigram regenerates the Precompiled and Unigram goldens from the
@@ -232,6 +235,48 @@ func TestPrecompiledNormalize(t *testing.T) {
 	f("\xe3\x81", p.normalize("\ufffd"))
 }
 
+// TestGraphemeEndsAfter checks normalize's segmentation shortcut against
+// uniseg's segmentation over every code point: a character outside the
+// Prepend list followed by "a" is a grapheme of its own, and each next
+// character the shortcut accepts ends the grapheme after a first character of
+// every Grapheme_Cluster_Break class (the rules depend on classes only).
+func TestGraphemeEndsAfter(t *testing.T) {
+	first := func(s string) string {
+		g, _, _, _ := uniseg.FirstGraphemeClusterInString(s, -1)
+		return g
+	}
+	probes := []rune{
+		'a', '\n', 0x01, // Other, LF, Control
+		0x0301, 0x200D, 0x0903, // Extend, ZWJ, SpacingMark
+		0x1F1E6, 0x1F600, // Regional_Indicator, Extended_Pictographic
+		0x1100, 0x1160, 0x11A8, 0xAC00, 0xAC01, // Hangul L, V, T, LV, LVT
+		0x094D, 0x0915, // Indic linker and consonant (GB9c)
+	}
+	accepted := 0
+	for r := rune(0); r <= unicode.MaxRune; r++ {
+		if utf8.RuneLen(r) < 0 {
+			continue // surrogates
+		}
+		c := string(r)
+		if r != '\r' && !isPrepend(r) && first(c+"a") != c {
+			t.Errorf("U+%04X followed by a: one grapheme, but not in the Prepend list", r)
+		}
+		if !graphemeEndsAfter('a', c) {
+			continue
+		}
+		accepted++
+		for _, p := range probes {
+			if g := first(string(p) + c); g != string(p) {
+				t.Errorf("U+%04X after U+%04X: grapheme %+q, but graphemeEndsAfter accepts it", r, p, g)
+			}
+		}
+	}
+	// The shortcut must cover the common scripts, or it is useless.
+	if accepted < 28000 {
+		t.Errorf("graphemeEndsAfter accepts %d next characters; want at least 28,000", accepted)
+	}
+}
+
 func TestPrecompiledUnchangedDoesNotAllocate(t *testing.T) {
 	p := testPrecompiled(t)
 	s := strings.Repeat("an unchanged ascii sentence, ", 8)
@@ -325,4 +370,28 @@ func BenchmarkPrecompiledNormalize(b *testing.B) {
 	f("accents", strings.Repeat("Crème brûlée à la carte, naïve café. ", 20))
 	f("cjk", strings.Repeat("東京は日本の首都です。北京欢迎你！", 20))
 	f("fullwidth", strings.Repeat("Ｆｕｌｌｗｉｄｔｈ　ｔｅｘｔ　１２３！？", 20))
+}
+
+// benchDocuments joins the corpus lines by a space in groups of 8, as
+// testdata/precompiled_bench.js does for the reference timing.
+func benchDocuments(tb testing.TB) []string {
+	tb.Helper()
+	const perDoc = 8 // lines per document: about 1.7 KB documents
+	lines := readCorpus(tb)
+	var docs []string
+	for i := 0; i < len(lines); i += perDoc {
+		docs = append(docs, strings.Join(lines[i:min(i+perDoc, len(lines))], " "))
+	}
+	return docs
+}
+
+// BenchmarkPrecompiledCorpus normalizes the benchmark documents, one
+// document per op; compare with precompiled_bench.js "normalize".
+func BenchmarkPrecompiledCorpus(b *testing.B) {
+	p := testPrecompiled(b)
+	docs := benchDocuments(b)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		p.normalize(docs[i%len(docs)])
+	}
 }

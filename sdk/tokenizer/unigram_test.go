@@ -428,3 +428,27 @@ func BenchmarkNewUnigram(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkUnigramCorpus normalizes, splits on whitespace and tokenizes the
+// benchmark documents, one document per op; compare with
+// precompiled_bench.js "encode".
+func BenchmarkUnigramCorpus(b *testing.B) {
+	charsmap, vocab, unkID := loadTestTokenizer(b)
+	p, err := newPrecompiled(charsmap)
+	if err != nil {
+		b.Fatal(err)
+	}
+	u, err := newUnigram(vocab, unkID, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	docs := benchDocuments(b)
+	dst := make([]int32, 0, 4096) // more than any document's tokens
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		dst = dst[:0]
+		for _, w := range strings.FieldsFunc(p.normalize(docs[i%len(docs)]), unicode.IsSpace) {
+			dst = u.appendTokens(dst, w)
+		}
+	}
+}
