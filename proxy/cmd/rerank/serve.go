@@ -19,6 +19,7 @@ import (
 	"github.com/rerank-sidecar/rerank/proxy/internal/api"
 	"github.com/rerank-sidecar/rerank/proxy/internal/backend"
 	"github.com/rerank-sidecar/rerank/proxy/internal/batch"
+	"github.com/rerank-sidecar/rerank/proxy/internal/cache"
 	"github.com/rerank-sidecar/rerank/proxy/internal/hub"
 	"github.com/rerank-sidecar/rerank/proxy/internal/rerank"
 	"github.com/rerank-sidecar/rerank/sdk"
@@ -45,6 +46,7 @@ type serveConfig struct {
 	logLevel          string
 	logJSON           bool
 	batch             batchFlags
+	cache             cacheFlags
 }
 
 // serveFlags defines the serve flags on fs and returns the config they fill
@@ -97,6 +99,7 @@ func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
 	fs.BoolVar(&c.logJSON, "log-json", false, "Log JSON lines instead of text. Default false. Environment: RERANK_LOG_JSON.")
 	env["log-json"] = "RERANK_LOG_JSON"
 	batchFlagsOn(fs, &c.batch, env)
+	cacheFlagsOn(fs, &c.cache, env)
 	return c, env
 }
 
@@ -174,6 +177,9 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 		return nil, err
 	}
 	if err := c.batch.validate(); err != nil {
+		return nil, err
+	}
+	if err := c.cache.validate(); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -264,9 +270,14 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	// ---- END BATCH STAGE ----
 
 	// ---- CACHE STAGE (issue 5, proxy/internal/cache) ----
-	// The score cache wraps next here: next = cache over next, and
-	// sections["local_cache"], sections["distributed_cache"] = its Stats.
-	// The model identity it keys on is sup.Status().Model once <-sup.Ready().
+	scoreCache := cache.NewStage(c.cache.config(logger.Named("cache")), next)
+	defer scoreCache.Close()
+	if c.cache.enabled() {
+		next = scoreCache
+		go startCache(ctx, scoreCache, sup, logger)
+	}
+	sections["local_cache"] = func() any { return scoreCache.Stats().Local }
+	sections["distributed_cache"] = func() any { return scoreCache.Stats().Distributed }
 	// ---- END CACHE STAGE ----
 
 	svc := rerank.New(next, rerank.Limits{MaxCandidates: c.maxCandidates, MaxCandidateChars: c.maxCandidateChars}, modelName)

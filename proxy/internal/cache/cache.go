@@ -166,6 +166,30 @@ func New(cfg Config, id Identity, next Scorer) (*Cache, error) {
 	return c, nil
 }
 
+// Validate checks cfg without connecting anywhere: bounds, durations, and
+// the Redis URL and mode.
+func (cfg Config) Validate() error {
+	if cfg.Local.Enabled {
+		if cfg.Local.MaxBytes < localEntryCost {
+			return fmt.Errorf("cache: local cache bound %d bytes is below one entry (%d bytes)", cfg.Local.MaxBytes, localEntryCost)
+		}
+		if cfg.Local.TTL <= 0 {
+			return fmt.Errorf("cache: local cache TTL must be positive, got %s", cfg.Local.TTL)
+		}
+	}
+	if !cfg.Redis.Enabled {
+		return nil
+	}
+	if err := checkRedisConfig(cfg.Redis); err != nil {
+		return err
+	}
+	client, _, err := newClient(cfg.Redis)
+	if err != nil {
+		return err
+	}
+	return client.Close()
+}
+
 func checkRedisConfig(cfg RedisConfig) error {
 	for _, d := range []struct {
 		name string

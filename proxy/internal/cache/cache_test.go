@@ -57,7 +57,7 @@ func checkScores(t *testing.T, next *countingScorer, pairs []sdk.Pair, got []flo
 	}
 }
 
-func score(t *testing.T, c *Cache, pairs []sdk.Pair) []float32 {
+func score(t *testing.T, c Scorer, pairs []sdk.Pair) []float32 {
 	t.Helper()
 	got, err := c.Score(context.Background(), pairs)
 	if err != nil {
@@ -234,6 +234,9 @@ func TestConfigErrors(t *testing.T) {
 		t.Helper()
 		cfg := testConfig("redis://127.0.0.1:1/0")
 		mod(&cfg)
+		if err := cfg.Validate(); err == nil {
+			t.Errorf("%s: Validate succeeded", name)
+		}
 		if c, err := New(cfg, testIdentity, newCounting("m")); err == nil {
 			c.Close()
 			t.Errorf("%s: New succeeded", name)
@@ -245,6 +248,12 @@ func TestConfigErrors(t *testing.T) {
 	f("no Redis timeout", func(c *Config) { c.Redis.Timeout = 0 })
 	f("bad mode", func(c *Config) { c.Redis.Mode = "ring" })
 	f("bad URL", func(c *Config) { c.Redis.URL = "http://x" })
+	if err := testConfig("redis://127.0.0.1:1/0?master_name=mymaster").Validate(); err != nil {
+		t.Errorf("a Sentinel URL: %v", err)
+	}
+	if err := testConfig("redis://127.0.0.1:1/0?addr=127.0.0.1:2&addr=127.0.0.1:3").Validate(); err != nil {
+		t.Errorf("a Cluster URL: %v", err)
+	}
 	if _, err := New(testConfig(""), testIdentity, nil); err == nil {
 		t.Errorf("New without a next stage succeeded")
 	}
@@ -269,5 +278,43 @@ func TestStatsJSON(t *testing.T) {
 				t.Errorf("/health section %q lacks %q: %s", section, f, b)
 			}
 		}
+	}
+}
+
+func TestStagePassesThroughUntilStarted(t *testing.T) {
+	next := newCounting("m")
+	s := NewStage(testConfig(""), next)
+	defer s.Close()
+	pairs := pairsOf("q", 0, 3)
+	for range 2 {
+		checkScores(t, next, pairs, score(t, s, pairs))
+	}
+	if got := next.total(); got != 6 {
+		t.Fatalf("backend scored %d pairs before Start, want 6 (no caching)", got)
+	}
+	if err := s.Start(testIdentity); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		checkScores(t, next, pairs, score(t, s, pairs))
+	}
+	if err := s.Start(testIdentity); err != nil {
+		t.Fatal(err)
+	}
+	checkScores(t, next, pairs, score(t, s, pairs))
+	if got := next.total(); got != 9 {
+		t.Fatalf("backend scored %d pairs after Start, want 9 (cached after the first)", got)
+	}
+	other := testIdentity
+	other.Revision = "sha256:ffff"
+	if err := s.Start(other); err != nil {
+		t.Fatal(err)
+	}
+	checkScores(t, next, pairs, score(t, s, pairs))
+	if got := next.total(); got != 12 {
+		t.Fatalf("backend scored %d pairs after a new identity, want 12 (nothing reused)", got)
+	}
+	if st := s.Stats().Local; st.Entries != 3 {
+		t.Errorf("entries = %d, want 3", st.Entries)
 	}
 }
