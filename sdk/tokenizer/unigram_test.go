@@ -185,7 +185,7 @@ func TestUnigramTokenize(t *testing.T) {
 		if got := u.tokenize(word); !slices.Equal(got, want) && !(len(got) == 0 && len(want) == 0) {
 			t.Errorf("tokenize(%+q) = %v; want %v", word, got, want)
 		}
-		if got := refUnigram(vocab, 0, byteFallback, word); !slices.Equal(got, want) && !(len(got) == 0 && len(want) == 0) {
+		if got := newRefUnigram(vocab, 0, byteFallback).tokenize(word); !slices.Equal(got, want) && !(len(got) == 0 && len(want) == 0) {
 			t.Errorf("reference tokenize(%+q) = %v; want %v", word, got, want)
 		}
 	}
@@ -267,13 +267,27 @@ func TestUnigramTokenizeAllocations(t *testing.T) {
 // refUnigram is a direct, slow transcription of Hugging Face's
 // Unigram::encode_optimized and tokenize, with map lookups of every substring
 // instead of a trie, to check the real one against.
-func refUnigram(vocab []unigramPiece, unkID int, byteFallback bool, word string) []int32 {
-	ids := map[string]int{}
-	minScore := vocab[0].Score
+type refUnigram struct {
+	vocab        []unigramPiece
+	ids          map[string]int
+	minScore     float64
+	unkID        int
+	byteFallback bool
+}
+
+// newRefUnigram indexes vocab for refUnigram.tokenize.
+func newRefUnigram(vocab []unigramPiece, unkID int, byteFallback bool) *refUnigram {
+	r := &refUnigram{vocab: vocab, ids: map[string]int{}, minScore: vocab[0].Score, unkID: unkID, byteFallback: byteFallback}
 	for id, p := range vocab {
-		ids[p.Piece] = id
-		minScore = min(minScore, p.Score)
+		r.ids[p.Piece] = id
+		r.minScore = min(r.minScore, p.Score)
 	}
+	return r
+}
+
+// tokenize returns the ids of word.
+func (r *refUnigram) tokenize(word string) []int32 {
+	vocab, ids, minScore, unkID, byteFallback := r.vocab, r.ids, r.minScore, r.unkID, r.byteFallback
 	type node struct {
 		id    int
 		score float64
@@ -353,12 +367,14 @@ func refUnigram(vocab []unigramPiece, unkID int, byteFallback bool, word string)
 func FuzzUnigram(f *testing.F) {
 	_, vocab, unkID := loadTestTokenizer(f)
 	var models [2]*unigram
+	var refs [2]*refUnigram
 	for i := range models {
 		u, err := newUnigram(vocab, unkID, i == 1)
 		if err != nil {
 			f.Fatal(err)
 		}
 		models[i] = u
+		refs[i] = newRefUnigram(vocab, unkID, i == 1)
 	}
 	for _, s := range []string{"", "▁hello", "<unk>☃", "東京", "\xff\xfe", "👨‍👩‍👧‍👦", strings.Repeat("▁a", 40)} {
 		f.Add(s, false)
@@ -368,12 +384,12 @@ func FuzzUnigram(f *testing.F) {
 		if len(word) > 512 { // the reference is quadratic in the word's length
 			word = word[:512]
 		}
-		u := models[0]
+		u, ref := models[0], refs[0]
 		if byteFallback {
-			u = models[1]
+			u, ref = models[1], refs[1]
 		}
 		got := u.tokenize(word)
-		if want := refUnigram(vocab, unkID, byteFallback, word); !slices.Equal(got, want) && len(got)+len(want) > 0 {
+		if want := ref.tokenize(word); !slices.Equal(got, want) && len(got)+len(want) > 0 {
 			t.Fatalf("tokenize(%+q, byte fallback %t) = %v; reference %v", word, byteFallback, got, want)
 		}
 		for _, id := range got {
