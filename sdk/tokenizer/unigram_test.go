@@ -468,3 +468,42 @@ func BenchmarkUnigramCorpus(b *testing.B) {
 		}
 	}
 }
+
+// TestUnigramConcurrent encodes the corpus from several goroutines at once
+// (run it with -race): the normalizer and the model are shared, read-only,
+// and the Viterbi scratch comes from a pool.
+func TestUnigramConcurrent(t *testing.T) {
+	charsmap, vocab, unkID := loadTestTokenizer(t)
+	p, err := newPrecompiled(charsmap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := newUnigram(vocab, unkID, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	texts := readCorpus(t)
+	want := make([][]int32, len(texts))
+	for i, s := range texts {
+		want[i] = testEncode(p, u, splitMetaspace, s)
+	}
+	const workers = 4 // more goroutines than the test machine's cores
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			for i := range texts {
+				k := (i + w*len(texts)/workers) % len(texts) // each worker starts elsewhere
+				if got := testEncode(p, u, splitMetaspace, texts[k]); !slices.Equal(got, want[k]) {
+					errs <- fmt.Errorf("worker %d, %+q: %v; want %v", w, texts[k], got, want[k])
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
