@@ -369,3 +369,48 @@ func TestBertNormalizerRuneNFD(t *testing.T) {
 		}
 	}
 }
+
+// FuzzFromBytes: loading any component JSON (patched into a real tokenizer)
+// never panics, and a tokenizer that loads encodes a pair without panicking.
+func FuzzFromBytes(f *testing.F) {
+	base, err := os.ReadFile(tokenizerPath("minilm"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(base, &doc); err != nil {
+		f.Fatal(err)
+	}
+	keys := []string{"normalizer", "pre_tokenizer", "post_processor", "added_tokens"}
+	for _, v := range variants {
+		for i, k := range keys {
+			if p, ok := v.patch[k]; ok {
+				f.Add(uint8(i), p)
+			}
+		}
+	}
+	f.Add(uint8(1), `{"type":"Split","pattern":{"Regex":"[\\s\\d]+\\"},"behavior":"Isolated","invert":true}`)
+	f.Add(uint8(2), `{"type":"BertProcessing","sep":null,"cls":["x"]}`)
+	f.Fuzz(func(t *testing.T, which uint8, component string) {
+		if !json.Valid([]byte(component)) {
+			return
+		}
+		patched := make(map[string]json.RawMessage, len(doc))
+		for k, v := range doc {
+			patched[k] = v
+		}
+		patched[keys[int(which)%len(keys)]] = json.RawMessage(component)
+		data, err := json.Marshal(patched)
+		if err != nil {
+			return
+		}
+		tok, err := FromBytes(data)
+		if err != nil {
+			return
+		}
+		e, err := tok.EncodePair("Hello, [MASK] wörld! 東京 123", "  a b\tc ", Options{MaxLength: 16})
+		if err == nil && (len(e.IDs) != len(e.TypeIDs) || len(e.IDs) > 16) {
+			t.Fatalf("bad encoding %v %v", e.IDs, e.TypeIDs)
+		}
+	})
+}
