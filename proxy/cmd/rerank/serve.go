@@ -71,7 +71,7 @@ func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
 	str(&c.backend, "backend", "RERANK_BACKEND", backend.CPU,
 		"The backend plugin: cpu, cuda, coreml, or auto (coreml on darwin/arm64, else cuda where its plugin loads, falling back to cpu and logging why). Default cpu.")
 	str(&c.precision, "precision", "RERANK_PRECISION", string(sdk.FP32),
-		"The precision the model runs at: fp32, fp16, bf16 or int8; the plugin refuses a precision it cannot run and says which it supports. Default fp32.")
+		"The precision the model runs at: fp32, fp16, bf16 or int8; the plugin refuses a precision it cannot run and says which it supports. Default fp32. The older QUANTIZATION=none|bf16|int8 is accepted as an alias when RERANK_PRECISION is unset (none: the backend's default).")
 	str(&c.host, "host", "HOST", "0.0.0.0",
 		"The address to listen on. Default 0.0.0.0, every interface.")
 	num(&c.port, "port", "PORT", 8080,
@@ -150,6 +150,13 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 			bad = append(bad, fmt.Sprintf("%s=%q: %v", env[f.Name], v, err))
 		}
 	})
+	if q := getenv(quantizationEnv); q != "" && getenv("RERANK_PRECISION") == "" {
+		if p, ok := quantizationAlias(q); ok {
+			c.precision = p
+		} else {
+			bad = append(bad, fmt.Sprintf("%s=%q: use none, bf16 or int8", quantizationEnv, q))
+		}
+	}
 	if len(bad) > 0 {
 		return nil, fmt.Errorf("serve: invalid environment: %s", strings.Join(bad, "; "))
 	}
