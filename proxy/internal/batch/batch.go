@@ -3,7 +3,9 @@
 // tokens, groups them by length so padding stays small, keeps a configurable
 // number of batches in flight per plugin, sheds load beyond a bound on pending
 // pairs with sdk.ErrOverloaded, and carries each request's deadline into the
-// plugin call.
+// plugin call. Admission is also deadline-aware: once batches have been
+// timed, a request whose deadline the queue ahead of it would make it miss is
+// refused at once (429) instead of timing out later (504).
 //
 // Scheduling is "oldest first, then fill": every batch starts with the oldest
 // pending pair (so no request starves, however large or small) and is filled
@@ -193,8 +195,15 @@ type Stats struct {
 	MaxBatchTokens int `json:"max_batch_tokens"`
 	// MaxQueue is the bound on PendingPairs.
 	MaxQueue int `json:"max_queue"`
-	// RejectedRequests counts requests refused with sdk.ErrOverloaded.
+	// RejectedRequests counts requests refused with sdk.ErrOverloaded, at
+	// the MaxQueue bound or by deadline-aware shedding.
 	RejectedRequests uint64 `json:"rejected_requests"`
+	// ShedRequests counts the refusals because the estimated wait exceeded
+	// the request's deadline.
+	ShedRequests uint64 `json:"shed_requests"`
+	// TokensPerSec is the measured throughput in estimated tokens per
+	// second of busy plugin time; 0 until a batch has finished.
+	TokensPerSec float64 `json:"tokens_per_sec"`
 	// DroppedPairs counts queued pairs dropped because their request expired
 	// or was cancelled before dispatch.
 	DroppedPairs uint64 `json:"dropped_pairs"`
@@ -218,12 +227,19 @@ type Batcher struct {
 	inFlight     int
 	timerArmed   bool
 
+	// Throughput estimate for deadline-aware admission.
+	inFlightTokens int       // estimated tokens of the batches in flight
+	busySince      time.Time // last completion, or the start of a busy spell
+	rateTok        float64   // decayed estimated tokens completed
+	rateDur        float64   // decayed busy seconds they took
+
 	totalRequests uint64
 	totalBatches  uint64
 	batchedPairs  uint64
 	rejected      uint64
 	dropped       uint64
 	duplicates    uint64
+	shed          uint64
 
 	// afterEnqueue and afterBatch, when set by tests, run after a request
 	// is queued and after a finished batch has been accounted for.
@@ -266,6 +282,7 @@ type batchRun struct {
 	slot    []int      // items[i] is answered by pairs[slot[i]]
 	live    int        // requests in the batch still waiting
 	running bool
+	tokens  int // estimated tokens of its items
 	cancel  context.CancelFunc
 }
 
@@ -301,6 +318,12 @@ func (b *Batcher) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error
 		return nil, err
 	}
 	r.arrival = b.cfg.Clock.Now()
+	if err := b.shedLocked(ctx, r.arrival, r.queuedTok); err != nil {
+		b.pendingPairs -= len(pairs)
+		b.totalRequests--
+		b.mu.Unlock()
+		return nil, err
+	}
 	for i := range items {
 		it := &items[i]
 		b.seq++
@@ -355,6 +378,27 @@ func (b *Batcher) admitLocked(n int) error {
 	b.pendingPairs += n
 	b.totalRequests++
 	return nil
+}
+
+// shedLocked refuses a request that the queue ahead of it would make miss
+// its deadline: the estimated tokens of the pending pairs and of its own,
+// at the throughput measured on recent batches, must fit in the time left.
+// Failing at once with sdk.ErrOverloaded (429) tells the client to back off
+// or go elsewhere, where waiting would only end in a timeout (504).
+func (b *Batcher) shedLocked(ctx context.Context, now time.Time, tokens int) error {
+	deadline, ok := ctx.Deadline()
+	if !ok || b.rateDur <= 0 || b.rateTok <= 0 {
+		return nil
+	}
+	secsPerToken := b.rateDur / b.rateTok
+	wait := time.Duration(float64(b.queuedTokens+b.inFlightTokens+tokens) * secsPerToken * float64(time.Second))
+	if now.Add(wait).Before(deadline) {
+		return nil
+	}
+	b.rejected++
+	b.shed++
+	return fmt.Errorf("batch: estimated wait %v exceeds the request's remaining %v: %w",
+		wait.Round(time.Millisecond), deadline.Sub(now).Round(time.Millisecond), sdk.ErrOverloaded)
 }
 
 // passThrough serves a request when coalescing is off: one Score call per
@@ -550,6 +594,13 @@ func (b *Batcher) launchLocked(run *batchRun) {
 	}
 	run.cancel = cancel
 	run.running = true
+	if b.inFlight == 0 {
+		b.busySince = b.cfg.Clock.Now()
+	}
+	for _, it := range run.items {
+		run.tokens += it.tokens
+	}
+	b.inFlightTokens += run.tokens
 	b.inFlight++
 	b.totalBatches++
 	b.batchedPairs += uint64(len(run.pairs))
@@ -568,6 +619,8 @@ func (b *Batcher) execute(ctx context.Context, run *batchRun) {
 	run.running = false
 	run.cancel()
 	b.inFlight--
+	b.inFlightTokens -= run.tokens
+	b.measureLocked(run.tokens, err == nil)
 	for i, it := range run.items {
 		r := it.req
 		if r.dead {
@@ -591,6 +644,26 @@ func (b *Batcher) execute(ctx context.Context, run *batchRun) {
 		hook()
 	}
 }
+
+// measureLocked folds a finished batch into the throughput estimate: the
+// estimated tokens done over the time the plugin was busy since the last
+// completion, both decayed so that recent batches count most.
+// A failed batch only restarts the interval.
+func (b *Batcher) measureLocked(tokens int, ok bool) {
+	now := b.cfg.Clock.Now()
+	busy := now.Sub(b.busySince).Seconds()
+	b.busySince = now
+	if !ok {
+		return
+	}
+	b.rateTok = b.rateTok*rateDecay + float64(tokens)
+	b.rateDur = b.rateDur*rateDecay + busy
+}
+
+// rateDecay is the weight of the past in the throughput estimate per batch:
+// 0.8 forgets a batch's influence by half within three batches, quick
+// enough to follow a change of load, slow enough to smooth one odd batch.
+const rateDecay = 0.8
 
 // killLocked ends a request that expired, was cancelled (err nil) or whose
 // batch failed (err set): its queued pairs are dropped, and batches left with
@@ -640,8 +713,12 @@ func (b *Batcher) Stats() Stats {
 		MaxBatchTokens:   b.cfg.MaxBatchTokens,
 		MaxQueue:         b.cfg.MaxQueue,
 		RejectedRequests: b.rejected,
+		ShedRequests:     b.shed,
 		DroppedPairs:     b.dropped,
 		DuplicatePairs:   b.duplicates,
+	}
+	if b.rateDur > 0 {
+		s.TokensPerSec = b.rateTok / b.rateDur
 	}
 	if b.totalBatches > 0 {
 		s.AvgBatchSize = float64(b.batchedPairs) / float64(b.totalBatches)

@@ -549,6 +549,42 @@ func TestOverloadAtTheBound(t *testing.T) {
 	h.expectScores(rbig, big)
 }
 
+func TestShedsWhatWouldMissItsDeadline(t *testing.T) {
+	h := newHarness(t, Config{MaxBatchSize: 32, Window: 10 * time.Millisecond, MaxQueue: 1000})
+	// Each pair "q"/"dNN" estimates to 1 + 1 + 4 = 6 tokens.
+	warm := mkPairs("q", nDocs("d", 10)...) // 60 tokens
+	rw := h.submit(context.Background(), warm)
+	h.clock.Advance(10 * time.Millisecond) // dispatch
+	c := h.backend.next(t)
+	h.clock.Advance(600 * time.Millisecond) // the plugin takes 600 ms: 100 tokens/s
+	h.reply(c, nil)
+	h.expectScores(rw, warm)
+	if s := h.b.Stats(); s.TokensPerSec != 100 {
+		t.Fatalf("measured %v tokens/s, want 100", s.TokensPerSec)
+	}
+	// 20 pairs queue ahead (120 tokens, 1.2 s of work).
+	ahead := mkPairs("q", nDocs("e", 20)...)
+	ra := h.submit(context.Background(), ahead)
+	now := h.clock.Now()
+	// 5 more pairs (30 tokens): 1.5 s in all. A deadline 1 s away cannot be
+	// met: refused at once rather than left to time out.
+	_, err := h.b.Score(newManualCtx(now.Add(time.Second)), mkPairs("q", nDocs("f", 5)...))
+	if !errors.Is(err, sdk.ErrOverloaded) {
+		t.Fatalf("hopeless request: %v, want ErrOverloaded", err)
+	}
+	// A deadline 2 s away can: admitted.
+	ok := mkPairs("q", nDocs("g", 5)...)
+	rok := h.submit(newManualCtx(now.Add(2*time.Second)), ok)
+	if s := h.b.Stats(); s.ShedRequests != 1 || s.RejectedRequests != 1 || s.PendingPairs != 25 || s.TotalRequests != 3 {
+		t.Fatalf("stats: %+v", s)
+	}
+	h.clock.Advance(10 * time.Millisecond)
+	c = h.backend.next(t)
+	h.reply(c, nil)
+	h.expectScores(ra, ahead)
+	h.expectScores(rok, ok)
+}
+
 func TestNoStarvation(t *testing.T) {
 	f := func(name string, bigDoc, smallDoc string) {
 		t.Run(name, func(t *testing.T) {
