@@ -293,15 +293,17 @@ func cacheKey(src sourceModel, p sdk.Precision, reduceRange bool) (string, error
 	return fmt.Sprintf("%s-%s", p, hex.EncodeToString(h.Sum(nil)[:16])), nil
 }
 
-// cacheRoot is dir, else the user cache directory's rerank/converted, else
-// one under the system temporary directory.
+// cacheRoot is dir/converted (dir is the LoadConfig's CacheDir, the proxy's
+// model cache), else the user cache directory's rerank/converted, else one
+// under the system temporary directory.
 func cacheRoot(dir string) (string, error) {
-	if dir == "" {
-		if base, err := os.UserCacheDir(); err == nil {
-			dir = filepath.Join(base, "rerank", "converted")
-		} else {
-			dir = filepath.Join(os.TempDir(), "rerank-converted")
-		}
+	switch base, err := os.UserCacheDir(); {
+	case dir != "":
+		dir = filepath.Join(dir, "converted")
+	case err == nil:
+		dir = filepath.Join(base, "rerank", "converted")
+	default:
+		dir = filepath.Join(os.TempDir(), "rerank-converted")
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("ort: cannot create the conversion cache %s: %w", dir, err)

@@ -113,9 +113,9 @@ func deviationSets(n, candidates int) [][]sdk.Pair {
 	}
 	sets := make([][]sdk.Pair, n)
 	for s := range sets {
-		q := text(3, 8)
+		q := text(2, 6)
 		for c := 0; c < candidates; c++ {
-			sets[s] = append(sets[s], sdk.Pair{Query: q, Document: text(4, 40)})
+			sets[s] = append(sets[s], sdk.Pair{Query: q, Document: text(3, 16)})
 		}
 	}
 	return sets
@@ -158,15 +158,16 @@ func topK(v []float32, k int) map[int]bool {
 	return out
 }
 
-// BenchmarkPrecisionDeviation scores 200 query/candidate sets (10
-// candidates each) at every precision and reports the deviation from fp32:
+// BenchmarkPrecisionDeviation scores 200 query/candidate sets (8
+// candidates of 3 to 16 words each, short so that the 12×768 model finishes
+// on a shared 2-core box) at every precision and reports the deviation from fp32:
 // max and mean |Δscore|, mean and minimum Spearman rank correlation per
 // set, and mean and minimum top-5 agreement (candidates shared by the two
 // top-5 lists). Run it with -benchtime=1x: one iteration is the whole
 // measurement.
 func BenchmarkPrecisionDeviation(b *testing.B) {
 	requireRuntime(b)
-	const nSets, nCand, top = 200, 10, 5 // the issue asks for ≥ 200 sets and top-5 agreement
+	const nSets, nCand, top = 200, 8, 5 // the issue asks for ≥ 200 sets and top-5 agreement
 	sets := deviationSets(nSets, nCand)
 	var all []sdk.Pair
 	for _, s := range sets {
@@ -175,7 +176,7 @@ func BenchmarkPrecisionDeviation(b *testing.B) {
 	for _, m := range benchModels {
 		dir := writeONNXDir(b, m.cfg, crossencoder.RandomWeights(m.cfg, benchSeed), m.tok)
 		score := func(p sdk.Precision) []float32 {
-			e := loadBench(b, dir, p, 128)
+			e := loadBench(b, dir, p, 64)
 			var out []float32
 			for i := 0; i < len(all); i += 32 {
 				s, err := e.Score(context.Background(), all[i:min(i+32, len(all))])

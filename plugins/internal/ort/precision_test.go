@@ -337,7 +337,7 @@ func TestVariantFileAndCache(t *testing.T) {
 	}
 	// Another precision is another entry; nothing temporary is left.
 	loadAndScore(t, sdk.LoadConfig{ModelDir: dir, Precision: sdk.FP16, CacheDir: cache})
-	entries, err := os.ReadDir(cache)
+	entries, err := os.ReadDir(filepath.Join(cache, "converted"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +400,7 @@ func TestConversionFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	f(dir, sdk.FP16, "no ONNX model or safetensors checkpoint")
-	if left, _ := os.ReadDir(cache); len(left) != 0 {
+	if left, _ := os.ReadDir(filepath.Join(cache, "converted")); len(left) != 0 {
 		t.Fatalf("failed loads left %d cache entries", len(left))
 	}
 
