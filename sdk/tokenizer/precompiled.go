@@ -225,9 +225,10 @@ func startOutput(s string, i int) []byte {
 
 // graphemeEndsAfter reports, cheaply and conservatively, that a grapheme
 // starting with c ends before rest's first character: c is not CR or a
-// Prepend character, and that next character is from a block that has no
-// character ever continuing a grapheme (no Extend, ZWJ, SpacingMark, Hangul
-// jamo or syllable, or regional indicator: UAX #29 GB3-GB13 then all break).
+// Prepend character, and that next character is from a run of a block that
+// has no character continuing a grapheme (no Extend, ZWJ, SpacingMark, Hangul
+// jamo, or regional indicator: UAX #29 GB3-GB13 then all break), or is a
+// Hangul syllable after anything but a leading jamo.
 // A false answer only sends the text through full segmentation. The tests
 // check both halves against uniseg over every code point.
 func graphemeEndsAfter(c rune, rest string) bool {
@@ -245,6 +246,16 @@ func graphemeEndsAfter(c rune, rest string) bool {
 		return false
 	case n < 0x483: // Greek, Coptic, Cyrillic letters (0x483.. are combining)
 		return true
+	case n >= 0x5D0 && n < 0x5EB: // Hebrew letters
+		return true
+	case n >= 0x620 && n < 0x64B: // Arabic letters (0x64B.. are combining)
+		return true
+	case n >= 0x904 && n < 0x93A: // Devanagari vowels and consonants
+		return true
+	case n >= 0xE01 && n < 0xE31: // Thai consonants
+		return true
+	case n >= 0xAC00 && n < 0xD7A4: // Hangul syllables join only a leading jamo (GB6)
+		return !(c >= 0x1100 && c < 0x1160 || c >= 0xA960 && c < 0xA980)
 	case n >= 0x3041 && n < 0x3097: // hiragana letters (0x3099, 0x309A combine)
 		return true
 	case n >= 0x30A1 && n < 0x30FB: // katakana letters
