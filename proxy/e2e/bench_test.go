@@ -55,7 +55,7 @@ func benchDocs() []string {
 func BenchmarkServer(b *testing.B) {
 	requireRuntime(b)
 	// The score cache would answer repeated requests without inference.
-	s := startServer(b, []string{"ENABLE_PREDICTION_CACHE=false"}, "--model", goldenModelDir(b, "minilm"), "--max-length", fmt.Sprint(benchMaxLength))
+	s := startServer(b, []string{"ENABLE_PREDICTION_CACHE=false"}, "--model", modelDir(b, "minilm"), "--max-length", fmt.Sprint(benchMaxLength))
 	s.waitHealth(b, "ok")
 	body, err := json.Marshal(map[string]any{"query": benchQuery, "candidates": benchDocs()})
 	if err != nil {
@@ -95,7 +95,7 @@ func BenchmarkPlugin(b *testing.B) {
 	sup, err := backend.Start(backend.Config{
 		Kind:      backend.CPU,
 		PluginDir: binDir,
-		Load:      sdk.LoadConfig{ModelDir: goldenModelDir(b, "minilm"), ModelName: "minilm", MaxLength: benchMaxLength},
+		Load:      sdk.LoadConfig{ModelDir: modelDir(b, "minilm"), ModelName: "minilm", MaxLength: benchMaxLength},
 		Logger:    hclog.NewNullLogger(),
 	})
 	if err != nil {

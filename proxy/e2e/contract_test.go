@@ -20,10 +20,13 @@ import (
 // kernel summation order differs (the issue's 1e-5).
 const fidelityTolerance = 1e-5
 
-// checkFidelity scores every golden set through the API and compares each
+// checkFidelity checks that dir is the model golden name was recorded on,
+// then scores every golden set through the API and compares each
 // candidate's score with the reference.
-func checkFidelity(t *testing.T, s *server, g *golden) {
+func checkFidelity(t *testing.T, s *server, name, dir string) {
 	t.Helper()
+	g := loadGolden(t, name)
+	checkModelSHA(t, g, dir)
 	worst := 0.0
 	for i, set := range g.Sets {
 		v := decodeRerank(t, s.post(t, rerankBody(t, map[string]any{"query": set.Query, "candidates": set.Candidates})))
@@ -53,7 +56,7 @@ func checkFidelity(t *testing.T, s *server, g *golden) {
 // local dir, and its fidelity to the reference.
 func TestTinyBERT(t *testing.T) {
 	requireRuntime(t)
-	dir := goldenModelDir(t, "tiny-bert")
+	dir := modelDir(t, "tiny-bert")
 	s := startServer(t, nil, "--model", dir, "--model-name", "org/tiny-bert",
 		"--max-candidates", "12", "--max-candidate-chars", "1000", "--max-body-bytes", "65536")
 	h, _ := s.waitHealth(t, "ok")
@@ -68,7 +71,7 @@ func TestTinyBERT(t *testing.T) {
 		t.Fatalf("/health backend section %s: %v", h.Backend, err)
 	}
 
-	t.Run("fidelity", func(t *testing.T) { checkFidelity(t, s, loadGolden(t, "tiny-bert")) })
+	t.Run("fidelity", func(t *testing.T) { checkFidelity(t, s, "tiny-bert", dir) })
 
 	t.Run("root", func(t *testing.T) {
 		r := s.do(t, "GET", "/", nil)
@@ -199,9 +202,10 @@ func backendPairs(t *testing.T, s *server) uint64 {
 // token_type_ids input and whose tokenizer is a Unigram one.
 func TestTinyXLMR(t *testing.T) {
 	requireRuntime(t)
-	s := startServer(t, nil, "--model", goldenModelDir(t, "tiny-xlmr"))
+	dir := modelDir(t, "tiny-xlmr")
+	s := startServer(t, nil, "--model", dir)
 	s.waitHealth(t, "ok")
-	checkFidelity(t, s, loadGolden(t, "tiny-xlmr"))
+	checkFidelity(t, s, "tiny-xlmr", dir)
 }
 
 // TestDefaultTestModel starts the server with no model: it generates the
@@ -230,16 +234,14 @@ func TestDefaultTestModel(t *testing.T) {
 	if !strings.Contains(s.logs.String(), "test model with random weights: scores are meaningless") {
 		t.Fatalf("the log does not say a test model is served:\n%s", s.logs.String())
 	}
-	g := loadGolden(t, "minilm")
-	checkModelSHA(t, g, filepath.Join(cache, "testmodels", "minilm-l6-seed1"))
-	checkFidelity(t, s, g)
+	checkFidelity(t, s, "minilm", filepath.Join(cache, "testmodels", "minilm-l6-seed1"))
 }
 
 // TestTimeout gives requests a budget far below what scoring 200 long
 // candidates takes: the answer is 504, and the server keeps serving.
 func TestTimeout(t *testing.T) {
 	requireRuntime(t)
-	s := startServer(t, nil, "--model", goldenModelDir(t, "tiny-bert"), "--timeout", "1ms")
+	s := startServer(t, nil, "--model", modelDir(t, "tiny-bert"), "--timeout", "1ms")
 	s.waitHealth(t, "ok")
 	cands := make([]string, 200)
 	for i := range cands {
@@ -285,7 +287,7 @@ func TestFailedLoad(t *testing.T) {
 // an onnx/model.onnx that is not a model.
 func writeBrokenModel(t *testing.T, dir string) {
 	t.Helper()
-	src := goldenModelDir(t, "tiny-bert")
+	src := modelDir(t, "tiny-bert")
 	for _, name := range []string{"config.json", "tokenizer.json"} {
 		b, err := osReadFile(src, name)
 		if err != nil {
@@ -304,7 +306,7 @@ func writeBrokenModel(t *testing.T, dir string) {
 // server has restarted it and loaded the model again, then 200.
 func TestPluginCrash(t *testing.T) {
 	requireRuntime(t)
-	s := startServer(t, nil, "--model", goldenModelDir(t, "tiny-bert"))
+	s := startServer(t, nil, "--model", modelDir(t, "tiny-bert"))
 	s.waitHealth(t, "ok")
 	before := decodeRerank(t, s.post(t, `{"query":"q","candidates":["a","b"]}`))
 	pid := pluginPID(t, s.cmd.Process.Pid)
@@ -379,4 +381,48 @@ func pluginPID(t *testing.T, parent int) int {
 	}
 	t.Fatalf("no rerank-onnx-cpu child of %d (children %q)", parent, all)
 	return 0
+}
+
+// TestOverload bounds the queue to one pair: while a big request is being
+// scored, another one is refused with 429 and Retry-After.
+func TestOverload(t *testing.T) {
+	requireRuntime(t)
+	s := startServer(t, []string{"RERANKER_MAX_QUEUE=1", "ENABLE_PREDICTION_CACHE=false"}, "--model", modelDir(t, "minilm"))
+	s.waitHealth(t, "ok")
+	cands := make([]string, 200)
+	for i := range cands {
+		cands[i] = fmt.Sprintf("candidate %d: %s", i, strings.Repeat("a long candidate passage ", 150))
+	}
+	big := rerankBody(t, map[string]any{"query": "q", "candidates": cands})
+	done := make(chan reply, 1)
+	go func() { done <- s.do(t, "POST", "/v1/rerank", []byte(big)) }()
+	// Wait until the big request is admitted and pending.
+	for pendingRequests(t, s) == 0 {
+		select {
+		case r := <-done:
+			t.Fatalf("the big request finished before it was seen pending: %d", r.code)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	r := s.post(t, `{"query":"q","candidates":["a","b"]}`)
+	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") == "" || !strings.HasPrefix(string(r.body), `{"detail":`) {
+		t.Fatalf("second request while the queue is full: %d %s Retry-After=%q, want 429 with Retry-After", r.code, r.body, r.header.Get("Retry-After"))
+	}
+	if r := <-done; r.code != http.StatusOK {
+		t.Fatalf("big request: %d %s", r.code, r.body)
+	}
+}
+
+func pendingRequests(t *testing.T, s *server) int {
+	t.Helper()
+	r := s.do(t, "GET", "/health", nil)
+	var h struct {
+		Batcher *struct {
+			PendingRequests int `json:"pending_requests"`
+		} `json:"micro_batcher"`
+	}
+	if err := json.Unmarshal(r.body, &h); err != nil || h.Batcher == nil {
+		t.Fatalf("/health has no micro_batcher section: %s", r.body)
+	}
+	return h.Batcher.PendingRequests
 }

@@ -153,30 +153,51 @@ func loadGolden(t testing.TB, name string) *golden {
 	return g
 }
 
-var modelDirs sync.Map // golden name → dir, built once per test binary
+var modelDirs sync.Map // model name → dir, built once per test binary
 
-// goldenModelDir writes the model a golden was recorded on (same shape,
-// seed and tokenizer) and returns its dir.
-func goldenModelDir(t testing.TB, name string) string {
+// testModels are the generated models the tests serve: the shapes, seed and
+// tokenizer the fidelity goldens in plugins/internal/ort/testdata/fidelity
+// were recorded on (checkModelSHA verifies it before comparing scores).
+var testModels = map[string]struct {
+	arch                                string
+	layers, hidden, heads, intermediate int
+	tokenizer                           string // relative to the repository root
+}{
+	"tiny-bert": {"bert", 2, 32, 2, 64, "proxy/cmd/rerank/testmodeldata/tokenizer.json"},
+	"minilm":    {"bert", 6, 384, 12, 1536, "proxy/cmd/rerank/testmodeldata/tokenizer.json"},
+	"tiny-xlmr": {"xlm-roberta", 2, 32, 2, 64, "sdk/onnx/crossencoder/testdata/xlmr-synthetic/tokenizer_classic.json"},
+}
+
+// testModelSeed is the seed of every generated test model, the goldens' too.
+const testModelSeed = 1
+
+// modelDir writes the named test model once and returns its dir.
+func modelDir(t testing.TB, name string) string {
 	t.Helper()
 	if d, ok := modelDirs.Load(name); ok {
 		return d.(string)
 	}
-	g := loadGolden(t, name)
-	m := g.Model
-	c, err := crossencoder.ArchDefaults(m.Arch)
+	m, ok := testModels[name]
+	if !ok {
+		t.Fatalf("no test model %q", name)
+	}
+	c, err := crossencoder.ArchDefaults(m.arch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.VocabSize, c.Layers, c.Hidden, c.Heads, c.Intermediate, c.NumLabels = m.VocabSize, m.Layers, m.Hidden, m.Heads, m.Intermediate, m.Labels
-	if m.MaxPositions != 0 {
-		c.MaxPositions = m.MaxPositions
+	tok := filepath.Join(repoRoot, filepath.FromSlash(m.tokenizer))
+	b, err := os.ReadFile(tok)
+	if err != nil {
+		t.Fatal(err)
 	}
+	if c.VocabSize, err = crossencoder.TokenizerVocabSize(b); err != nil {
+		t.Fatal(err)
+	}
+	c.Layers, c.Hidden, c.Heads, c.Intermediate = m.layers, m.hidden, m.heads, m.intermediate
 	dir := filepath.Join(binDir, "models", name)
-	if err := crossencoder.WriteModelDir(dir, c, crossencoder.RandomWeights(c, m.Seed), filepath.Join(repoRoot, m.Tokenizer), crossencoder.DirOptions{}); err != nil {
+	if err := crossencoder.WriteModelDir(dir, c, crossencoder.RandomWeights(c, testModelSeed), tok, crossencoder.DirOptions{}); err != nil {
 		t.Fatalf("write model %s: %v", name, err)
 	}
-	checkModelSHA(t, g, dir)
 	modelDirs.Store(name, dir)
 	return dir
 }
@@ -412,4 +433,10 @@ func osWriteFile(dir, name string, b []byte) error {
 		return err
 	}
 	return os.WriteFile(p, b, 0o644)
+}
+
+// goldenModelDir is modelDir: the test models are the goldens' models.
+func goldenModelDir(t testing.TB, name string) string {
+	t.Helper()
+	return modelDir(t, name)
 }
