@@ -39,11 +39,11 @@ const Tolerance = 1e-5
 func Connect(t testing.TB, b sdk.Backend) sdk.Backend {
 	t.Helper()
 	ps := map[string]plugin.Plugin{sdk.PluginName: &sdk.GRPCPlugin{Impl: b}}
-	client, server := plugin.TestPluginGRPCConn(t, false, ps)
-	t.Cleanup(func() {
-		client.Close()
-		server.Stop()
-	})
+	client, _ := plugin.TestPluginGRPCConn(t, false, ps)
+	// Close asks the server to stop through go-plugin's controller and
+	// waits for the answer; stopping the server here as well would race
+	// with that handler.
+	t.Cleanup(func() { client.Close() })
 	raw, err := client.Dispense(sdk.PluginName)
 	if err != nil {
 		t.Fatalf("sdktest: dispense %s: %v", sdk.PluginName, err)
