@@ -45,6 +45,8 @@ type serveConfig struct {
 	cacheDir          string
 	logLevel          string
 	logJSON           bool
+	disableArena      bool
+	disableMemPattern bool
 	batch             batchFlags
 	cache             cacheFlags
 }
@@ -98,6 +100,7 @@ func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
 		"The log level: trace, debug, info, warn or error. Default info.")
 	fs.BoolVar(&c.logJSON, "log-json", false, "Log JSON lines instead of text. Default false. Environment: RERANK_LOG_JSON.")
 	env["log-json"] = "RERANK_LOG_JSON"
+	memoryFlagsOn(fs, c, env)
 	batchFlagsOn(fs, &c.batch, env)
 	cacheFlagsOn(fs, &c.cache, env)
 	return c, env
@@ -251,6 +254,9 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 			MaxLength:      c.maxLength,
 			IntraOpThreads: c.threads,
 			CacheDir:       c.cacheDir,
+			// Lower resident memory for a little latency (memoryFlagsOn).
+			DisableArena:      c.disableArena,
+			DisableMemPattern: c.disableMemPattern,
 		},
 		Prepare: func(ctx context.Context, load *sdk.LoadConfig) error {
 			dir, err := src.resolve(ctx, logger)

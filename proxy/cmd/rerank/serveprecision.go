@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"strings"
 
 	"github.com/rerank-sidecar/rerank/sdk"
@@ -23,4 +24,14 @@ func quantizationAlias(v string) (string, bool) {
 		return string(sdk.INT8), true
 	}
 	return "", false
+}
+
+// memoryFlagsOn defines the plugin's memory trade-off flags on fs.
+func memoryFlagsOn(fs *flag.FlagSet, c *serveConfig, env map[string]string) {
+	fs.BoolVar(&c.disableArena, "no-arena", false,
+		"Turn off ONNX Runtime's CPU memory arena in the plugin: memory freed after a batch goes back to the system instead of staying reserved for the next one, lowering resident memory beside other processes (an LLM server, say) for a little latency per batch. Default false. Environment: RERANK_DISABLE_ARENA.")
+	env["no-arena"] = "RERANK_DISABLE_ARENA"
+	fs.BoolVar(&c.disableMemPattern, "no-mem-pattern", false,
+		"Turn off ONNX Runtime's memory-pattern planning in the plugin, which pre-allocates one block sized for the largest batch shape seen; same trade as --no-arena. Default false. Environment: RERANK_DISABLE_MEM_PATTERN.")
+	env["no-mem-pattern"] = "RERANK_DISABLE_MEM_PATTERN"
 }

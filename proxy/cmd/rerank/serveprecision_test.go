@@ -31,3 +31,20 @@ func TestQuantizationAlias(t *testing.T) {
 	f(map[string]string{"QUANTIZATION": "int8"}, []string{"--precision", "fp32"}, "fp32", "")
 	f(map[string]string{"QUANTIZATION": "int4"}, nil, "", "QUANTIZATION=\"int4\": use none, bf16 or int8")
 }
+
+func TestMemoryFlags(t *testing.T) {
+	f := func(env map[string]string, args []string, arena, pattern bool) {
+		t.Helper()
+		c, err := parseServe(args, func(k string) string { return env[k] }, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.disableArena != arena || c.disableMemPattern != pattern {
+			t.Fatalf("env %v args %v: arena off %v, pattern off %v; want %v, %v", env, args, c.disableArena, c.disableMemPattern, arena, pattern)
+		}
+	}
+	f(nil, nil, false, false)
+	f(map[string]string{"RERANK_DISABLE_ARENA": "true"}, nil, true, false)
+	f(nil, []string{"--no-arena", "--no-mem-pattern"}, true, true)
+	f(map[string]string{"RERANK_DISABLE_MEM_PATTERN": "1"}, []string{"--no-arena=false"}, false, true)
+}
