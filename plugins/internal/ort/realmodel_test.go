@@ -3,6 +3,7 @@ package ort
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"path/filepath"
 	"strings"
@@ -155,5 +156,49 @@ func TestRunTerminatesOnCancel(t *testing.T) {
 	// The session is still usable afterwards.
 	if _, err := e.Score(context.Background(), sdktest.Pairs[:2]); err != nil {
 		t.Fatalf("Score after a terminated run: %v", err)
+	}
+}
+
+// TestConcurrentScore runs Score from several goroutines on one engine (one
+// session, pooled buffers); every call must give the scores a lone call
+// gives. Run with -race.
+func TestConcurrentScore(t *testing.T) {
+	requireRuntime(t)
+	dir := tinyBERT.write(t, t.TempDir())
+	e := New(CPU, "onnx-cpu", WithLogger(hclog.NewNullLogger()))
+	if _, err := e.Load(context.Background(), sdk.LoadConfig{ModelDir: dir, MaxLength: 64, IntraOpThreads: 1}); err != nil {
+		t.Fatal(err)
+	}
+	want, err := e.Score(context.Background(), sdktest.Pairs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const workers = 8 // more goroutines than the box's cores, so calls overlap
+	errs := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		go func(w int) {
+			// Each worker scores a different-sized prefix, so buffers of
+			// different shapes go through the pool.
+			pairs := sdktest.Pairs[:1+w%len(sdktest.Pairs)]
+			for i := 0; i < 5; i++ {
+				got, err := e.Score(context.Background(), pairs)
+				if err != nil {
+					errs <- err
+					return
+				}
+				for j := range got {
+					if d := math.Abs(float64(got[j] - want[j])); d > sdktest.Tolerance {
+						errs <- fmt.Errorf("worker %d: pair %d scored %v, alone %v", w, j, got[j], want[j])
+						return
+					}
+				}
+			}
+			errs <- nil
+		}(w)
+	}
+	for w := 0; w < workers; w++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
 	}
 }
