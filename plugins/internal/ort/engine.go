@@ -172,6 +172,12 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A missing execution provider is reported before the model is read
+	// (hashing a large model file takes seconds), so a proxy choosing a
+	// backend automatically can fall back at once.
+	if err := e.probeProvider(cfg.Options); err != nil {
+		return nil, err
+	}
 	mf, err := resolveModel(cfg, e.provider)
 	if err != nil {
 		return nil, err
@@ -406,6 +412,18 @@ func (e *Engine) newSession(path string, inputs []graphInput, output string, cfg
 		return nil, "", fmt.Errorf("ort: cannot create session for %s: %v: %w", path, err, sdk.ErrInvalidInput)
 	}
 	return s, threads, nil
+}
+
+// probeProvider appends the engine's execution provider to throwaway
+// session options, which loads the provider's libraries: it fails where
+// the provider cannot run here.
+func (e *Engine) probeProvider(opts map[string]string) error {
+	so, err := ortgo.NewSessionOptions()
+	if err != nil {
+		return fmt.Errorf("ort: cannot create session options: %v: %w", err, sdk.ErrUnavailable)
+	}
+	defer so.Destroy()
+	return e.provider.appendTo(so, opts)
 }
 
 // Health reports the loading state, and the model once it is ready.

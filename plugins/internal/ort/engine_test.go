@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/rerank-sidecar/rerank/sdk"
 	"github.com/rerank-sidecar/rerank/sdk/tokenizer"
 )
@@ -225,8 +227,9 @@ func TestLoadUnavailableProviders(t *testing.T) {
 					t.Skip("the CUDA provider library is installed here")
 				}
 			}
-			dir := writeSumModelDir(t, sumGraph{mask: true, labels: 1}, "model.onnx", nil, "")
-			e := New(p, "onnx-"+string(p))
+			// No model file: the provider is checked before the model.
+			dir := writeSumModelDir(t, sumGraph{mask: true, labels: 1}, "", nil, "")
+			e := New(p, "onnx-"+string(p), WithLogger(hclog.NewNullLogger()))
 			e.newEncoder = func(string) (pairEncoder, error) { return wordEncoder{}, nil }
 			_, err := e.Load(context.Background(), sdk.LoadConfig{ModelDir: dir})
 			if !errors.Is(err, sdk.ErrUnavailable) || !strings.Contains(err.Error(), wantMsg) {
