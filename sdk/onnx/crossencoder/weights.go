@@ -123,7 +123,7 @@ const (
 	logitSpread = 3.0
 	// calibrationPairs is how many random pairs calibrate the head: enough
 	// for a mean and a spread within a few tens of percent, few enough that
-	// the plain-Go forward pass of a 6×384 model stays around a second.
+	// the plain-Go forward pass of a 6×384 model stays within seconds.
 	calibrationPairs = 8
 	// maxHeadScale bounds the calibrated scale, in case a degenerate shape
 	// gives features that hardly vary.
@@ -150,7 +150,9 @@ const (
 // for real.
 //
 // The logit projection (classifier.weight, or classifier.out_proj.weight)
-// is then calibrated: Forward runs calibrationPairs random pairs shaped like
+// is then calibrated, on the first Tensor call (which therefore draws the
+// whole model; each tensor is kept until it is asked for once): Forward
+// runs calibrationPairs random pairs shaped like
 // real ones ([CLS] query [SEP] document [SEP] with BERT's usual ids 101/102,
 // <s> … </s></s> … </s> with XLM-R's 0/2), and the head is scaled and
 // biased so those logits have mean 0 and standard deviation logitSpread. The
@@ -175,6 +177,11 @@ type randomWeights struct {
 	scale float64   // calibrated multiplier of the logit projection
 	bias  []float64 // calibrated logit biases
 	err   error
+
+	// drawn keeps the tensors calibration drew until Tensor hands each out
+	// once, so building a model draws every value once, not twice.
+	mu    sync.Mutex
+	drawn map[string]Tensor
 }
 
 // Seed returns the seed the weights were drawn with; WriteModelDir records
@@ -187,13 +194,19 @@ func (r *randomWeights) Tensor(name string) (Tensor, error) {
 	if !ok {
 		return Tensor{}, fmt.Errorf("crossencoder: no tensor %q in this architecture", name)
 	}
+	r.once.Do(r.calibrate)
+	if r.err != nil {
+		return Tensor{}, r.err
+	}
+	r.mu.Lock()
+	t, ok := r.drawn[name]
+	delete(r.drawn, name)
+	r.mu.Unlock()
+	if !ok {
+		t = r.draw(p)
+	}
 	switch p.Role {
 	case RoleHead, RoleHeadBias:
-		r.once.Do(r.calibrate)
-		if r.err != nil {
-			return Tensor{}, r.err
-		}
-		t := r.draw(p)
 		if p.Role == RoleHeadBias {
 			for i := range t.Data {
 				t.Data[i] = float32(r.bias[i])
@@ -205,7 +218,7 @@ func (r *randomWeights) Tensor(name string) (Tensor, error) {
 		}
 		return t, nil
 	}
-	return r.draw(p), nil
+	return t, nil
 }
 
 // draw returns the tensor's uncalibrated values (the head at unit gain,
@@ -237,20 +250,30 @@ func (r *randomWeights) draw(p Param) Tensor {
 	src := rand.NewPCG(r.seed, h.Sum64())
 	// Each uniform has 16 bits, so the 12 come from three 64-bit draws; the
 	// sum minus its mean, over 2^16, has variance (2^32-1)/2^32 ≈ 1.
+	fill(t.Data, src, std/65536)
+	return t
+}
+
+// fill writes Irwin–Hall values times scale into data. It touches only
+// data (freshly allocated) and src (local), so it is exempt from race
+// instrumentation, which would make drawing a 6×384 model 10× slower under
+// go test -race.
+//
+//go:norace
+func fill(data []float32, src *rand.PCG, scale float64) {
 	const mean = 6 * 0xFFFF
-	scale := std / 65536
-	for i := range t.Data {
+	for i := range data {
 		var sum int64
 		for k := 0; k < 3; k++ {
 			u := src.Uint64()
 			sum += int64(u&0xFFFF) + int64(u>>16&0xFFFF) + int64(u>>32&0xFFFF) + int64(u>>48)
 		}
-		t.Data[i] = float32(float64(sum-mean) * scale)
+		data[i] = float32(float64(sum-mean) * scale)
 	}
-	return t
 }
 
-// uncalibrated serves draw for every tensor, head included.
+// uncalibrated serves draw for every tensor, head included, and keeps
+// what it drew in r.drawn.
 type uncalibrated struct{ r *randomWeights }
 
 func (u uncalibrated) Tensor(name string) (Tensor, error) {
@@ -258,7 +281,9 @@ func (u uncalibrated) Tensor(name string) (Tensor, error) {
 	if !ok {
 		return Tensor{}, fmt.Errorf("crossencoder: no tensor %q in this architecture", name)
 	}
-	return u.r.draw(p), nil
+	t := u.r.draw(p)
+	u.r.drawn[name] = t
+	return t, nil
 }
 
 // calibrate sets scale and bias from the logits of random pairs.
@@ -268,6 +293,7 @@ func (r *randomWeights) calibrate() {
 		r.err = err
 		return
 	}
+	r.drawn = map[string]Tensor{}
 	m, err := loadModel(c, uncalibrated{r})
 	if err != nil {
 		r.err = err
