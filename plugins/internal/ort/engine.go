@@ -47,8 +47,8 @@ type pairEncoder interface {
 type Option func(*Engine)
 
 // WithLogger sets the logger; it must write to stderr, as a plugin's stdout
-// belongs to the go-plugin handshake. The default discards nothing: JSON to
-// stderr at info level.
+// belongs to the go-plugin handshake. The default writes JSON to stderr at
+// info level.
 func WithLogger(l hclog.Logger) Option {
 	return func(e *Engine) { e.log = l }
 }
