@@ -245,7 +245,7 @@ func TestTimeout(t *testing.T) {
 	s.waitHealth(t, "ok")
 	cands := make([]string, 200)
 	for i := range cands {
-		cands[i] = strings.Repeat("a long candidate passage ", 150)
+		cands[i] = fmt.Sprintf("candidate %d: %s", i, strings.Repeat("a long candidate passage ", 150))
 	}
 	r := s.post(t, rerankBody(t, map[string]any{"query": "q", "candidates": cands}))
 	if r.code != http.StatusGatewayTimeout || string(r.body) != `{"detail":"Rerank inference timed out"}` {
@@ -306,7 +306,8 @@ func writeBrokenModel(t *testing.T, dir string) {
 // server has restarted it and loaded the model again, then 200.
 func TestPluginCrash(t *testing.T) {
 	requireRuntime(t)
-	s := startServer(t, nil, "--model", modelDir(t, "tiny-bert"))
+	// No score cache: it would answer the repeated request without the plugin.
+	s := startServer(t, []string{"ENABLE_PREDICTION_CACHE=false"}, "--model", modelDir(t, "tiny-bert"))
 	s.waitHealth(t, "ok")
 	before := decodeRerank(t, s.post(t, `{"query":"q","candidates":["a","b"]}`))
 	pid := pluginPID(t, s.cmd.Process.Pid)
@@ -383,33 +384,35 @@ func pluginPID(t *testing.T, parent int) int {
 	return 0
 }
 
-// TestOverload bounds the queue to one pair: while a big request is being
-// scored, another one is refused with 429 and Retry-After.
+// TestOverload bounds the queue to one pair: while a request waits in the
+// micro-batcher (whose window is so long, and batches so large, that
+// nothing flushes it), another one is refused with 429 and Retry-After.
 func TestOverload(t *testing.T) {
 	requireRuntime(t)
-	s := startServer(t, []string{"RERANKER_MAX_QUEUE=1", "ENABLE_PREDICTION_CACHE=false"}, "--model", modelDir(t, "minilm"))
+	s := startServer(t, []string{
+		"RERANKER_MAX_QUEUE=1", "ENABLE_PREDICTION_CACHE=false",
+		"MICRO_BATCH_ENABLED=true", "MICRO_BATCH_WINDOW_MS=600000", "MICRO_BATCH_MAX_SIZE=64", "MICRO_BATCH_MAX_TOKENS=1000000",
+	}, "--model", modelDir(t, "tiny-bert"), "--timeout", "2")
 	s.waitHealth(t, "ok")
-	cands := make([]string, 200)
-	for i := range cands {
-		cands[i] = fmt.Sprintf("candidate %d: %s", i, strings.Repeat("a long candidate passage ", 150))
-	}
-	big := rerankBody(t, map[string]any{"query": "q", "candidates": cands})
+	first := rerankBody(t, map[string]any{"query": "q", "candidates": []string{"a", "b", "c"}})
 	done := make(chan reply, 1)
-	go func() { done <- s.do(t, "POST", "/v1/rerank", []byte(big)) }()
-	// Wait until the big request is admitted and pending.
+	go func() { done <- s.do(t, "POST", "/v1/rerank", []byte(first)) }()
+	// Wait until the first request is admitted and pending.
 	for pendingRequests(t, s) == 0 {
 		select {
 		case r := <-done:
-			t.Fatalf("the big request finished before it was seen pending: %d", r.code)
+			t.Fatalf("the first request finished before it was seen pending: %d %s", r.code, r.body)
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
-	r := s.post(t, `{"query":"q","candidates":["a","b"]}`)
-	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") == "" || !strings.HasPrefix(string(r.body), `{"detail":`) {
+	r := s.post(t, `{"query":"q","candidates":["x","y"]}`)
+	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") == "" || !strings.HasPrefix(string(r.body), `{"detail":"`) {
 		t.Fatalf("second request while the queue is full: %d %s Retry-After=%q, want 429 with Retry-After", r.code, r.body, r.header.Get("Retry-After"))
 	}
-	if r := <-done; r.code != http.StatusOK {
-		t.Fatalf("big request: %d %s", r.code, r.body)
+	// The first request's 2 s budget runs out in the queue: 504, unless
+	// the batcher flushed it first.
+	if r := <-done; r.code != http.StatusGatewayTimeout && r.code != http.StatusOK {
+		t.Fatalf("first request: %d %s, want 504 (or 200)", r.code, r.body)
 	}
 }
 
