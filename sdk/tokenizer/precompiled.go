@@ -8,7 +8,7 @@ import (
 	"unicode/utf8"
 	"unsafe"
 
-	"github.com/rivo/uniseg"
+	"github.com/clipperhouse/uax29/v2/graphemes"
 )
 
 // precompiled is sentencepiece's precompiled character map normalizer (the
@@ -144,7 +144,6 @@ func (p *precompiled) normalize(s string) string {
 		s = strings.ToValidUTF8(s, string(utf8.RuneError))
 	}
 	var out []byte // nil until the first change, so an unchanged s costs no allocation
-	state := -1
 	for i := 0; i < len(s); {
 		// Fast path: an ASCII byte followed by an ASCII byte (or the end) is a
 		// grapheme of its own, except CR LF (UAX #29 GB3); no ASCII character
@@ -162,7 +161,6 @@ func (p *precompiled) normalize(s string) string {
 				}
 			}
 			i++
-			state = -1
 			continue
 		}
 		// Second fast path: a character that cannot start a longer grapheme
@@ -178,11 +176,9 @@ func (p *precompiled) normalize(s string) string {
 				out = append(out, ch...)
 			}
 			i += size
-			state = -1
 			continue
 		}
-		g, _, _, next := uniseg.FirstGraphemeClusterInString(s[i:], state)
-		state = next
+		g := firstGrapheme(s[i:])
 		if len(g) < graphemeLimit {
 			if repl, ok := p.transform(g); ok {
 				if out == nil {
@@ -230,7 +226,7 @@ func startOutput(s string, i int) []byte {
 // jamo, or regional indicator: UAX #29 GB3-GB13 then all break), or is a
 // Hangul syllable after anything but a leading jamo.
 // A false answer only sends the text through full segmentation. The tests
-// check both halves against uniseg over every code point.
+// check both halves against the segmenter over every code point.
 func graphemeEndsAfter(c rune, rest string) bool {
 	if c == '\r' || isPrepend(c) {
 		return false
@@ -271,7 +267,7 @@ func graphemeEndsAfter(c rune, rest string) bool {
 }
 
 // isPrepend reports whether c has the Grapheme_Cluster_Break property
-// Prepend (in Unicode 15.0, as uniseg, or 16.0), which joins a grapheme with
+// Prepend (in Unicode 16.0), which joins a grapheme with
 // the character after it (UAX #29 GB9b).
 func isPrepend(c rune) bool {
 	if c < 0x600 {
@@ -284,4 +280,18 @@ func isPrepend(c rune) bool {
 		return true
 	}
 	return false
+}
+
+// firstGrapheme returns the extended grapheme cluster at the start of s
+// (non-empty, valid UTF-8), with Unicode 16.0 rules including GB9c (Indic
+// conjuncts), the version of unicode-segmentation 1.12 that Hugging Face
+// tokenizers 0.22 uses. The segmenter only reads the bytes it is given, so
+// they are viewed in place, without a copy.
+func firstGrapheme(s string) string {
+	advance, _, err := graphemes.SplitFunc(unsafe.Slice(unsafe.StringData(s), len(s)), true)
+	if err != nil || advance <= 0 || advance > len(s) {
+		// Not expected with valid UTF-8; fall back to one character.
+		_, advance = utf8.DecodeRuneInString(s)
+	}
+	return s[:advance]
 }

@@ -15,7 +15,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/rivo/uniseg"
+	"github.com/clipperhouse/uax29/v2/graphemes"
 )
 
 // updateUnigram regenerates the Precompiled and Unigram goldens from the
@@ -236,15 +236,16 @@ func TestPrecompiledNormalize(t *testing.T) {
 }
 
 // TestGraphemeEndsAfter checks normalize's segmentation shortcut against
-// uniseg's segmentation over every code point: a character outside the
+// the segmenter's own iterator over every code point: a character outside the
 // Prepend list followed by "a" is a grapheme of its own, and each next
 // character the shortcut accepts after a first character of each
 // Grapheme_Cluster_Break class ends that grapheme (the rules depend on
 // classes only).
 func TestGraphemeEndsAfter(t *testing.T) {
 	first := func(s string) string {
-		g, _, _, _ := uniseg.FirstGraphemeClusterInString(s, -1)
-		return g
+		it := graphemes.FromString(s)
+		it.Next()
+		return it.Value()
 	}
 	probes := []rune{
 		'a', '\n', 0x01, // Other, LF, Control
