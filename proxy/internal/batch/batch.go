@@ -530,26 +530,40 @@ func (b *Batcher) frontLocked(c int) *item {
 }
 
 // formLocked builds a batch that starts with head, then takes items of
-// head's length class and of shorter classes in arrival order while the pair
-// count and padded token budget allow.
+// head's length class and of shorter classes, in arrival order, while the
+// pair count and padded token budget allow. If that leaves room, it goes on
+// with the longer classes, nearest first: a batch is only formed when it is
+// full or due, and room left in it would only hold pairs back for another
+// window.
 func (b *Batcher) formLocked(head *item) *batchRun {
 	run := &batchRun{}
 	longest := 0
-	for c := bucketOf(head.tokens); c >= 0; c-- {
+	// take moves items of class c into the batch; it reports false when the
+	// token budget stopped it.
+	take := func(c int) bool {
 		for len(run.items) < b.cfg.MaxBatchSize {
 			it := b.frontLocked(c)
 			if it == nil {
-				break
+				return true
 			}
 			l := max(longest, it.tokens)
 			if len(run.items) > 0 && (len(run.items)+1)*l > b.cfg.MaxBatchTokens {
-				break
+				return false
 			}
 			longest = l
 			b.buckets[c].pop()
 			run.items = append(run.items, it)
 		}
-		if len(run.items) >= b.cfg.MaxBatchSize {
+		return true
+	}
+	hc := bucketOf(head.tokens)
+	for c := hc; c >= 0 && len(run.items) < b.cfg.MaxBatchSize; c-- {
+		take(c)
+	}
+	// Longer classes only raise the padding: stop at the first that does
+	// not fit the budget.
+	for c := hc + 1; c < nBuckets && len(run.items) < b.cfg.MaxBatchSize; c++ {
+		if !take(c) {
 			break
 		}
 	}

@@ -308,6 +308,30 @@ func TestFlushesOnSize(t *testing.T) {
 		mkPairs("q", long+"1", long+"2"), mkPairs("q", long+"3", long+"4"), 3)
 }
 
+func TestFullBatchOfMixedLengthsLeavesWhole(t *testing.T) {
+	// Pairs of several length classes that together fill a batch leave as
+	// one full batch: grouping by length must not strand the pairs of
+	// other classes behind a long window.
+	h := newHarness(t, Config{MaxBatchSize: 6, MaxInFlight: 1, Window: time.Hour})
+	short, mid, long := "s", strings.Repeat("m", 100), strings.Repeat("l", 1000)
+	a := mkPairs("q", mid+"1", short+"1", long+"1")
+	bb := mkPairs("q", long+"2", short+"2", mid+"2")
+	ra := h.submit(context.Background(), a)
+	rb := h.submit(context.Background(), bb)
+	c := h.backend.next(t)
+	if len(c.pairs) != 6 {
+		t.Fatalf("batch of %d pairs, want all 6", len(c.pairs))
+	}
+	// Head first, then its class, then shorter, then longer.
+	want := mkPairs("q", mid+"1", mid+"2", short+"1", short+"2", long+"1", long+"2")
+	if fmt.Sprint(c.pairs) != fmt.Sprint(want) {
+		t.Fatalf("batch order %v, want %v", c.pairs, want)
+	}
+	h.reply(c, nil)
+	h.expectScores(ra, a)
+	h.expectScores(rb, bb)
+}
+
 func TestDeduplicatesInsideABatch(t *testing.T) {
 	h := newHarness(t, Config{MaxBatchSize: 32, Window: 10 * time.Millisecond})
 	a := mkPairs("q", "x", "y", "x")      // a duplicate inside one request
