@@ -198,3 +198,35 @@ func TestProtocolRefusesWrongScoreCount(t *testing.T) {
 		t.Fatalf("Score with a short answer: %v; want an error naming the counts", err)
 	}
 }
+
+// BenchmarkProtocolScore measures the plugin boundary alone: one Score call
+// of batch pairs (a 40-character query, 4,000-character documents, the
+// proxy's default candidate limit) from the proxy-side Client through
+// go-plugin gRPC over a Unix socket to a backend that answers at once.
+// Compare with BenchmarkScore in plugins/internal/ort, which is the
+// inference behind it.
+func BenchmarkProtocolScore(b *testing.B) {
+	for _, batch := range []int{1, 8, 32} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			client, _ := plugin.TestPluginGRPCConn(b, false, map[string]plugin.Plugin{sdk.PluginName: &sdk.GRPCPlugin{Impl: &recordingBackend{}}})
+			b.Cleanup(func() { client.Close() })
+			raw, err := client.Dispense(sdk.PluginName)
+			if err != nil {
+				b.Fatal(err)
+			}
+			c := raw.(*sdk.Client)
+			pairs := make([]sdk.Pair, batch)
+			for i := range pairs {
+				pairs[i] = sdk.Pair{Query: strings.Repeat("q", 40), Document: strings.Repeat(string(rune('a'+i%26)), 4000)}
+			}
+			n := 0
+			for b.Loop() {
+				if _, err := c.Score(context.Background(), pairs); err != nil {
+					b.Fatal(err)
+				}
+				n++
+			}
+			b.ReportMetric(float64(n*batch)/b.Elapsed().Seconds(), "pairs/s")
+		})
+	}
+}
