@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -27,9 +29,33 @@ func checkFidelity(t *testing.T, s *server, name, dir string) {
 	t.Helper()
 	g := loadGolden(t, name)
 	checkModelSHA(t, g, dir)
+	// Sets are sent by a few concurrent clients, as the micro-batcher
+	// coalesces them: it must not change any score.
+	const clients = 4
+	replies := make([]reply, len(g.Sets))
+	errs := make([]error, len(g.Sets))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1)) - 1; i < len(g.Sets); i = int(next.Add(1)) - 1 {
+				body, err := json.Marshal(map[string]any{"query": g.Sets[i].Query, "candidates": g.Sets[i].Candidates})
+				if err == nil {
+					replies[i], err = s.send("POST", "/v1/rerank", body)
+				}
+				errs[i] = err
+			}
+		}()
+	}
+	wg.Wait()
 	worst := 0.0
 	for i, set := range g.Sets {
-		v := decodeRerank(t, s.post(t, rerankBody(t, map[string]any{"query": set.Query, "candidates": set.Candidates})))
+		if errs[i] != nil {
+			t.Fatalf("set %d: %v", i, errs[i])
+		}
+		v := decodeRerank(t, replies[i])
 		if len(v.Results) != len(set.Candidates) {
 			t.Fatalf("set %d: %d results for %d candidates", i, len(v.Results), len(set.Candidates))
 		}

@@ -316,23 +316,32 @@ var client = &http.Client{Timeout: 5 * time.Minute}
 
 func (s *server) do(t testing.TB, method, path string, body []byte) reply {
 	t.Helper()
-	req, err := http.NewRequestWithContext(context.Background(), method, s.url+path, bytes.NewReader(body))
+	r, err := s.send(method, path, body)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return r
+}
+
+// send is do for goroutines other than the test's: it returns its error.
+func (s *server) send(method, path string, body []byte) (reply, error) {
+	req, err := http.NewRequestWithContext(context.Background(), method, s.url+path, bytes.NewReader(body))
+	if err != nil {
+		return reply{}, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+		return reply{}, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatal(err)
+		return reply{}, fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	return reply{resp.StatusCode, resp.Header, b}
+	return reply{resp.StatusCode, resp.Header, b}, nil
 }
 
 func (s *server) post(t testing.TB, body string) reply {
