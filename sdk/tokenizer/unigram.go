@@ -118,8 +118,13 @@ type viterbiScratch struct {
 	best []bestPath
 }
 
-// scratchPool recycles lattices: tokenize runs on every word of every pair.
-var scratchPool = sync.Pool{New: func() any { return new(viterbiScratch) }}
+// viterbiPool recycles lattices: tokenize runs on every word of every pair.
+var viterbiPool = sync.Pool{New: func() any { return new(viterbiScratch) }}
+
+// viterbiPoolMax is the largest lattice, in positions, returned to the pool:
+// 64Ki positions (1 MiB) covers words of 64 KiB; a longer one (a 100 KB
+// document without spaces) gets a lattice that is then left to the GC.
+const viterbiPoolMax = 1 << 16
 
 // tokenize returns the ids of one pre-tokenized, normalized word.
 func (u *unigram) tokenize(word string) []int32 {
@@ -133,8 +138,7 @@ func (u *unigram) appendTokens(dst []int32, word string) []int32 {
 	if word == "" {
 		return dst
 	}
-	sc := scratchPool.Get().(*viterbiScratch)
-	defer scratchPool.Put(sc)
+	sc := viterbiPool.Get().(*viterbiScratch)
 	n := len(word)
 	if cap(sc.best) < n+1 {
 		sc.best = make([]bestPath, n+1)
@@ -198,6 +202,9 @@ func (u *unigram) appendTokens(dst []int32, word string) []int32 {
 		end = start
 	}
 	slices.Reverse(dst[first:])
+	if cap(sc.best) <= viterbiPoolMax {
+		viterbiPool.Put(sc)
+	}
 	return dst
 }
 
