@@ -507,3 +507,39 @@ func TestUnigramConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestUnigramLongWord tokenizes 100 KB words (a document without spaces):
+// the pieces must spell the word back, and unknown characters must come out
+// as byte pieces with byte fallback.
+func TestUnigramLongWord(t *testing.T) {
+	_, vocab, unkID := loadTestTokenizer(t)
+	u, err := newUnigram(vocab, unkID, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := func(word string) {
+		t.Helper()
+		var sb strings.Builder
+		for _, id := range u.tokenize(word) {
+			p := vocab[id].Piece
+			if len(p) == 6 && strings.HasPrefix(p, "<0x") {
+				var b byte
+				if _, err := fmt.Sscanf(p, "<0x%02X>", &b); err != nil {
+					t.Fatal(err)
+				}
+				sb.WriteByte(b)
+				continue
+			}
+			if id == int32(unkID) {
+				t.Fatalf("unk in a word whose characters all have byte pieces or pieces")
+			}
+			sb.WriteString(p)
+		}
+		if sb.String() != word {
+			t.Errorf("pieces of a %d-byte word spell a %d-byte text", len(word), sb.Len())
+		}
+	}
+	const size = 100 << 10 // 100 KiB, the largest document
+	f("▁" + strings.Repeat("internationalization", size/20))
+	f(strings.Repeat("東京は日本の首都です", size/30))
+}
