@@ -7,6 +7,7 @@ import (
 	"hash"
 	"math"
 	"strconv"
+	"strings"
 
 	"github.com/rerank-sidecar/rerank/sdk"
 )
@@ -67,10 +68,7 @@ func (id Identity) digest() [sha256.Size]byte {
 
 // writeField writes s to h after its length as 8 little-endian bytes.
 func writeField(h hash.Hash, s string) {
-	var n [8]byte
-	binary.LittleEndian.PutUint64(n[:], uint64(len(s)))
-	h.Write(n[:])
-	h.Write([]byte(s))
+	h.Write(appendField(nil, s))
 }
 
 // keyer turns pairs into cache keys for one identity.
@@ -79,19 +77,26 @@ type keyer struct {
 }
 
 // keys returns the keys of pairs concatenated in one string, keySize bytes
-// per pair: one allocation per request, and key i is a substring of it.
+// per pair: key i is a substring of it, so a request costs two allocations
+// however many pairs it has.
 func (k *keyer) keys(pairs []sdk.Pair) string {
-	buf := make([]byte, 0, len(pairs)*keySize)
-	h := sha256.New()
-	var sum [sha256.Size]byte
+	var out strings.Builder
+	out.Grow(len(pairs) * keySize)
+	var buf []byte // the encoding of one pair, reused for the next
 	for i := range pairs {
-		h.Reset()
-		h.Write(k.id[:])
-		writeField(h, pairs[i].Query)
-		writeField(h, pairs[i].Document)
-		buf = append(buf, h.Sum(sum[:0])[:keySize]...)
+		buf = append(buf[:0], k.id[:]...)
+		buf = appendField(buf, pairs[i].Query)
+		buf = appendField(buf, pairs[i].Document)
+		sum := sha256.Sum256(buf)
+		out.Write(sum[:keySize])
 	}
-	return string(buf)
+	return out.String()
+}
+
+// appendField appends s to b after its length as 8 little-endian bytes.
+func appendField(b []byte, s string) []byte {
+	b = binary.LittleEndian.AppendUint64(b, uint64(len(s)))
+	return append(b, s...)
 }
 
 // keyAt returns key i of a string built by keys.

@@ -15,14 +15,14 @@ import (
 // redisServer is a real redis-server the test started on a free loopback
 // port, with persistence off; it is stopped when the test ends.
 type redisServer struct {
-	t    *testing.T
+	t    testing.TB
 	port int
 	cmd  *exec.Cmd
 }
 
 // startRedis starts a redis-server for t, or skips t when the binary is not
 // installed (.ci/run installs it, so CI always runs these tests).
-func startRedis(t *testing.T) *redisServer {
+func startRedis(t testing.TB) *redisServer {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Skip("redis-server not installed (apt-get install redis-server); skipping the Redis tests")
@@ -37,6 +37,11 @@ func startRedis(t *testing.T) *redisServer {
 	s.start()
 	t.Cleanup(s.kill)
 	return s
+}
+
+// startRedisB starts a redis-server for a benchmark and returns its URL.
+func startRedisB(b *testing.B) string {
+	return startRedis(b).url()
 }
 
 // url is the server's redis:// URL.
