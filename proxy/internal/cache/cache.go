@@ -156,7 +156,7 @@ func New(cfg Config, id Identity, next Scorer) (*Cache, error) {
 			c.Close()
 			return nil, err
 		}
-		r, err := newRemote(cfg.Redis, c.keyer.id[:], log.Named("cache"))
+		r, err := newRemote(cfg.Redis, c.keyer.id[:], log)
 		if err != nil {
 			c.Close()
 			return nil, err

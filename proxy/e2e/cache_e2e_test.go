@@ -1,0 +1,293 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// redisProc is a real redis-server the test started on a free loopback
+// port, with persistence off.
+type redisProc struct {
+	t    *testing.T
+	port int
+	cmd  *exec.Cmd
+}
+
+// startRedisServer starts redis-server for t, or skips t when it is not
+// installed (.ci/run installs it, so CI always runs this test).
+func startRedisServer(t *testing.T) *redisProc {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("redis-server not installed (apt-get install redis-server); skipping the cache end-to-end test")
+	}
+	r := &redisProc{t: t, port: freePort(t)}
+	r.start()
+	t.Cleanup(r.kill)
+	return r
+}
+
+func (r *redisProc) url() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", r.port) }
+
+// start runs redis-server and returns once it accepts connections.
+func (r *redisProc) start() {
+	r.t.Helper()
+	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--loglevel", "warning")
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatalf("cannot start redis-server: %v", err)
+	}
+	// 500 tries of 10ms bound a broken start to five seconds; this
+	// asserts nothing about speed.
+	for range 500 {
+		if c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(r.port)); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.t.Fatalf("redis-server on port %d never listened", r.port)
+}
+
+// kill stops the server at once, as a crash would.
+func (r *redisProc) kill() {
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	_ = r.cmd.Wait()
+	r.cmd = nil
+}
+
+// cacheHealth is the part of /health the cache adds.
+type cacheHealth struct {
+	Backend struct {
+		PairsScored uint64 `json:"pairs_scored"`
+	} `json:"backend"`
+	Local struct {
+		Hits    uint64 `json:"hits"`
+		Misses  uint64 `json:"misses"`
+		Entries int64  `json:"entries"`
+		Bytes   int64  `json:"bytes"`
+	} `json:"local_cache"`
+	Distributed *struct {
+		Enabled        bool  `json:"enabled"`
+		Connected      bool  `json:"connected"`
+		CachedEntries  int64 `json:"cached_entries"`
+		KeyspaceHits   int64 `json:"keyspace_hits"`
+		KeyspaceMisses int64 `json:"keyspace_misses"`
+	} `json:"distributed_cache"`
+}
+
+func (s *server) cacheHealth(t *testing.T) cacheHealth {
+	t.Helper()
+	r := s.do(t, "GET", "/health", nil)
+	var h cacheHealth
+	if err := json.Unmarshal(r.body, &h); err != nil || h.Distributed == nil {
+		t.Fatalf("/health has no distributed_cache section: %s (%v)", r.body, err)
+	}
+	return h
+}
+
+// scored returns the pairs the plugins of servers computed since start.
+func scored(t *testing.T, servers ...*server) uint64 {
+	t.Helper()
+	var n uint64
+	for _, s := range servers {
+		n += s.cacheHealth(t).Backend.PairsScored
+	}
+	return n
+}
+
+// candidates returns n distinct candidates numbered from first.
+func candidates(tag string, first, n int) []string {
+	c := make([]string, n)
+	for i := range c {
+		c[i] = fmt.Sprintf("%s passage %d: Paris is the capital of France.", tag, first+i)
+	}
+	return c
+}
+
+// rerankScores posts a request and returns its scores by candidate index.
+func rerankScores(s *server, query string, cands []string) (map[int]float64, error) {
+	body, err := json.Marshal(map[string]any{"query": query, "candidates": cands})
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(context.Background(), "POST", s.url+"/v1/rerank", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var v rerankReply
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("rerank answered %d", resp.StatusCode)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return nil, err
+	}
+	if len(v.Results) != len(cands) {
+		return nil, fmt.Errorf("%d results for %d candidates", len(v.Results), len(cands))
+	}
+	out := make(map[int]float64, len(v.Results))
+	for _, r := range v.Results {
+		out[r.Index] = r.Score
+	}
+	return out, nil
+}
+
+// TestCacheTwoProxiesShareRedis runs two real proxies, each with its own
+// onnx-cpu plugin, over one real Redis.
+func TestCacheTwoProxiesShareRedis(t *testing.T) {
+	requireRuntime(t)
+	rds := startRedisServer(t)
+	dir := goldenModelDir(t, "tiny-bert")
+	env := []string{"REDIS_ENABLED=true", "REDIS_URL=" + rds.url(), "REDIS_TIMEOUT_MS=200"}
+	a := startServer(t, env, "--model", dir)
+	b := startServer(t, env, "--model", dir)
+	a.waitHealth(t, "ok")
+	b.waitHealth(t, "ok")
+	base := scored(t, a, b)
+
+	t.Run("50 concurrent identical requests score each pair once", func(t *testing.T) {
+		cands := candidates("first", 0, 20)
+		var wg sync.WaitGroup
+		var failures atomic.Int64
+		results := make([]map[int]float64, 50)
+		for i := range 50 {
+			s := a
+			if i%2 == 1 {
+				s = b
+			}
+			wg.Go(func() {
+				r, err := rerankScores(s, "capital of france", cands)
+				if err != nil {
+					failures.Add(1)
+					t.Error(err)
+				}
+				results[i] = r
+			})
+		}
+		wg.Wait()
+		if failures.Load() > 0 {
+			t.FailNow()
+		}
+		if got := scored(t, a, b) - base; got != 20 {
+			t.Fatalf("the two plugins scored %d pairs, want each of the 20 exactly once", got)
+		}
+		for i, r := range results {
+			for j, v := range r {
+				if v != results[0][j] {
+					t.Fatalf("request %d candidate %d scored %v, request 0 %v", i, j, v, results[0][j])
+				}
+			}
+		}
+		base += 20
+	})
+
+	t.Run("partially overlapping requests score only new pairs", func(t *testing.T) {
+		_, err := rerankScores(b, "capital of france", candidates("first", 10, 20))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := scored(t, a, b) - base; got != 10 {
+			t.Fatalf("scored %d pairs, want the 10 new ones", got)
+		}
+		base += 10
+		// Redis's own figures are refreshed at most once a second.
+		h := b.cacheHealth(t)
+		for limit := time.Now().Add(10 * time.Second); h.Distributed.CachedEntries < 30 && time.Now().Before(limit); {
+			time.Sleep(100 * time.Millisecond)
+			h = b.cacheHealth(t)
+		}
+		if !h.Distributed.Enabled || !h.Distributed.Connected || h.Distributed.CachedEntries < 30 || h.Distributed.KeyspaceHits == 0 {
+			t.Errorf("/health distributed_cache = %+v", *h.Distributed)
+		}
+		if h.Local.Entries < 20 || h.Local.Bytes == 0 || h.Local.Hits == 0 {
+			t.Errorf("/health local_cache = %+v", h.Local)
+		}
+	})
+
+	t.Run("Redis killed during load, then restarted", func(t *testing.T) {
+		var requests, failures atomic.Int64
+		var next atomic.Int64
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for w := range 4 {
+			wg.Go(func() {
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					s := a
+					if (w+i)%2 == 1 {
+						s = b
+					}
+					n := int(next.Add(5))
+					cands := append(candidates("load", n, 5), candidates("first", n%20, 5)...)
+					if _, err := rerankScores(s, "capital of france", cands); err != nil {
+						failures.Add(1)
+						t.Errorf("request during the Redis kill: %v", err)
+					}
+					requests.Add(1)
+				}
+			})
+		}
+		waitFor := func(n int64) {
+			for target := requests.Load() + n; requests.Load() < target && !t.Failed(); {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+		waitFor(20)
+		rds.kill()
+		waitFor(60)
+		close(stop)
+		wg.Wait()
+		if f := failures.Load(); f != 0 {
+			t.Fatalf("%d of %d requests failed while Redis was killed", f, requests.Load())
+		}
+		if h := a.cacheHealth(t); h.Distributed.Connected {
+			t.Errorf("/health says Redis is connected while it is down: %+v", *h.Distributed)
+		}
+
+		// Restarted (empty), Redis is used again once each proxy's breaker
+		// lets a probe through: a pair a scored is then found by b
+		// without its plugin. The limit only stops a broken build from
+		// hanging; the breaker's longest pause is 30 seconds.
+		rds.start()
+		limit := time.Now().Add(2 * time.Minute)
+		for i := 0; ; i++ {
+			cands := candidates(fmt.Sprintf("after restart %d", i), 0, 3)
+			if _, err := rerankScores(a, "capital of france", cands); err != nil {
+				t.Fatal(err)
+			}
+			before := scored(t, b)
+			if _, err := rerankScores(b, "capital of france", cands); err != nil {
+				t.Fatal(err)
+			}
+			if scored(t, b) == before {
+				break
+			}
+			if time.Now().After(limit) {
+				t.Fatalf("Redis not used again after its restart")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+}
