@@ -422,7 +422,13 @@ func TestOverload(t *testing.T) {
 	s.waitHealth(t, "ok")
 	first := rerankBody(t, map[string]any{"query": "q", "candidates": []string{"a", "b", "c"}})
 	done := make(chan reply, 1)
-	go func() { done <- s.do(t, "POST", "/v1/rerank", []byte(first)) }()
+	go func() {
+		r, err := s.send("POST", "/v1/rerank", []byte(first))
+		if err != nil {
+			r = reply{code: -1, body: []byte(err.Error())}
+		}
+		done <- r
+	}()
 	// Wait until the first request is admitted and pending.
 	for pendingRequests(t, s) == 0 {
 		select {
