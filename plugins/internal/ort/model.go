@@ -62,8 +62,8 @@ func resolveModel(cfg sdk.LoadConfig, p Provider) (modelFile, error) {
 			if prec == sdk.INT8 {
 				q = "int8 (as shipped in " + filepath.Base(rel) + ")"
 			}
-			return modelFile{Path: path, Precision: prec, Quantization: q, Source: "variant file",
-				Details: map[string]string{"variant_file": rel}}, nil
+			return withNote(modelFile{Path: path, Precision: prec, Quantization: q, Source: "variant file",
+				Details: map[string]string{"variant_file": rel}}, p), nil
 		}
 	}
 	src, err := findSource(cfg.ModelDir)
@@ -73,7 +73,11 @@ func resolveModel(cfg sdk.LoadConfig, p Provider) (modelFile, error) {
 	if src.kind == "onnx" && prec == sdk.FP32 {
 		return modelFile{Path: src.onnxPath, Precision: sdk.FP32, Quantization: "none", Source: "onnx"}, nil
 	}
-	return convertedModel(cfg, src, prec)
+	mf, err := convertedModel(cfg, src, prec)
+	if err != nil {
+		return modelFile{}, err
+	}
+	return withNote(mf, p), nil
 }
 
 // inspect reads the model file once: it hashes it into m.Revision and

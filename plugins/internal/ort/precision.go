@@ -78,6 +78,22 @@ func checkPrecision(p Provider, want sdk.Precision) (sdk.Precision, error) {
 	return "", fmt.Errorf("ort: precision %q %s (supported on %s: %s): %w", string(want), what, p, strings.Join(names, ", "), sdk.ErrInvalidInput)
 }
 
+// cpuFP16Note is what ModelInfo.Details["precision_note"] says for fp16 on
+// the CPU provider, where it executes but is a poor choice
+// (docs/benchmarks/precision.md has the measurements).
+const cpuFP16Note = "fp16 on the CPU provider runs several times slower than fp32 (ONNX Runtime casts around every element-wise op) and saves little memory; int8 is the fast, small CPU precision"
+
+// withNote adds the precision note for mf's precision on provider p.
+func withNote(mf modelFile, p Provider) modelFile {
+	if p == CPU && mf.Precision == sdk.FP16 {
+		if mf.Details == nil {
+			mf.Details = map[string]string{}
+		}
+		mf.Details["precision_note"] = cpuFP16Note
+	}
+	return mf
+}
+
 // variantFiles are the pre-converted files a model repository may ship
 // beside onnx/model.onnx, by precision, in the order they are preferred
 // (the names Hugging Face Optimum and transformers.js use).

@@ -202,7 +202,7 @@ func TestPrecisionsServeOnCPU(t *testing.T) {
 		if info.Precision != p || info.Source != source || !strings.HasPrefix(info.Quantization, wantQuant) {
 			t.Fatalf("%s %s %s: info precision %q source %q quantization %q", arch, source, p, info.Precision, info.Source, info.Quantization)
 		}
-		if info.Details["conversion"] != "converted" {
+		if info.Details["conversion"] != "converted" || (p == sdk.FP16) != (info.Details["precision_note"] != "") {
 			t.Fatalf("%s %s %s: details %v", arch, source, p, info.Details)
 		}
 		maxAbs, mean := deviation(got, ref)
