@@ -84,7 +84,7 @@ func TestTinyBERT(t *testing.T) {
 	requireRuntime(t)
 	dir := modelDir(t, "tiny-bert")
 	s := startServer(t, nil, "--model", dir, "--model-name", "org/tiny-bert",
-		"--max-candidates", "12", "--max-candidate-chars", "1000", "--max-body-bytes", "65536")
+		"--max-candidates", "12", "--max-candidate-chars", "1000", "--max-body-bytes", "65536", "--timeout", "600")
 	h, _ := s.waitHealth(t, "ok")
 	if h.Device != "cpu" || h.Model != "org/tiny-bert" || h.Warning != "test model with random weights: scores are meaningless" {
 		t.Fatalf("/health = %+v", h)
@@ -229,7 +229,7 @@ func backendPairs(t *testing.T, s *server) uint64 {
 func TestTinyXLMR(t *testing.T) {
 	requireRuntime(t)
 	dir := modelDir(t, "tiny-xlmr")
-	s := startServer(t, nil, "--model", dir)
+	s := startServer(t, nil, "--model", dir, "--timeout", "600")
 	s.waitHealth(t, "ok")
 	checkFidelity(t, s, "tiny-xlmr", dir)
 }
@@ -241,7 +241,9 @@ func TestTinyXLMR(t *testing.T) {
 func TestDefaultTestModel(t *testing.T) {
 	requireRuntime(t)
 	cache := t.TempDir()
-	s := startServer(t, []string{"RERANK_CACHE_DIR=" + cache})
+	// A generous budget: fidelity, not speed, is under test, and a loaded
+	// machine must not turn it into 504s.
+	s := startServer(t, []string{"RERANK_CACHE_DIR=" + cache, "RERANK_SERVER_TIMEOUT=600"})
 	code, h := s.health(t)
 	if code != http.StatusServiceUnavailable || h.Status != "loading" || h.Device != "cpu" || h.Model != "rerank-test-model-minilm-l6" {
 		t.Fatalf("first /health = %d %+v, want 503 loading", code, h)
