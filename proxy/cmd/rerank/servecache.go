@@ -39,7 +39,7 @@ func cacheFlagsOn(fs *flag.FlagSet, c *cacheFlags, env map[string]string) {
 	num(&c.localTTL, "cache-ttl-seconds", "CACHE_TTL_SECONDS", int(def.Local.TTL/time.Second),
 		"How long, in seconds, a score stays in the in-process cache. Default 300.")
 	fs.Int64Var(&c.localMaxBytes, "cache-max-bytes", def.Local.MaxBytes,
-		"The memory bound of the in-process cache in bytes; the least useful scores are evicted beyond it. Default 67108864 (64 MiB, about 320,000 scores). Environment: CACHE_MAX_BYTES.")
+		"The memory bound of the in-process cache in bytes; the least useful scores are evicted beyond it. Default 67108864 (64 MiB, 262,144 scores). Environment: CACHE_MAX_BYTES.")
 	env["cache-max-bytes"] = "CACHE_MAX_BYTES"
 	fs.BoolVar(&c.redis, "redis", def.Redis.Enabled,
 		"Share scores between proxies through Redis, and compute a pair another proxy is computing only once (true or false). A Redis that is down or slow never fails a request. Default false. Environment: REDIS_ENABLED.")

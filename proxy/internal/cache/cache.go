@@ -88,7 +88,7 @@ func DefaultConfig() Config {
 		Local: LocalConfig{
 			Enabled: true,
 			TTL:     300 * time.Second,
-			// 64 MiB holds about 320,000 scores at localEntryCost.
+			// 64 MiB holds 262,144 scores at localEntryCost.
 			MaxBytes: 64 << 20,
 		},
 		Redis: RedisConfig{
