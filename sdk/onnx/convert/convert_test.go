@@ -293,3 +293,46 @@ func TestErrors(t *testing.T) {
 		t.Fatalf("Int8 of a graph without weights: err = %v", err)
 	}
 }
+
+func TestInt8Gemm(t *testing.T) {
+	// y = Gemm(x, W[n,k], c, transB=1), then a two-MatMul head.
+	const k, n = 64, 96
+	w := make([]float32, n*k)
+	for i := range w {
+		w[i] = float32(math.Sin(float64(i))) * float32(1+i%n)
+	}
+	g := onnx.NewGraph("gemm")
+	x := g.AddInput("x", onnx.Float, onnx.Sym("b"), onnx.Fixed(k))
+	g.AddFloat("w", []int64{n, k}, w)
+	g.AddFloat("c", []int64{n}, make([]float32, n))
+	g.AddNode("Gemm", []string{x, "w", "c"}, "y", onnx.AttrInt("transB", 1))
+	g.AddFloat("h1", []int64{n, n}, make([]float32, n*n))
+	g.AddNode("MatMul", []string{"y", "h1"}, "z")
+	g.AddFloat("h2", []int64{n, 1}, make([]float32, n))
+	g.AddNode("MatMul", []string{"z", "h2"}, "logits")
+	g.AddOutput("logits", onnx.Float, onnx.Sym("b"), onnx.Fixed(1))
+	m := g.Model("t", "1")
+	st, err := Int8(m, Int8Options{})
+	if err != nil || st.MatMuls != 1 {
+		t.Fatalf("Int8: %+v, %v", st, err)
+	}
+	checkWellFormed(t, m)
+	node := m.GetGraph().GetNode()[0]
+	if node.GetOpType() != "DynamicQuantizeMatMul" || len(node.GetInput()) != 5 || node.GetInput()[4] != "c" {
+		t.Fatalf("first node %v", node)
+	}
+	q := initializer(m, "w/int8")
+	scales, err := onnx.Floats(initializer(m, "w/scale"))
+	if err != nil || q == nil || q.GetDims()[0] != k || q.GetDims()[1] != n || len(scales) != n {
+		t.Fatalf("quantized weight %v scales %d: %v", q.GetDims(), len(scales), err)
+	}
+	// Element [i, j] of the [k, n] weight is W[j, i].
+	for i := 0; i < k; i++ {
+		for j := 0; j < n; j++ {
+			got := float32(int8(q.GetRawData()[i*n+j])) * scales[j]
+			if d := math.Abs(float64(got - w[j*k+i])); d > float64(scales[j])/2+1e-6 {
+				t.Fatalf("[%d,%d] = %g, want %g", i, j, got, w[j*k+i])
+			}
+		}
+	}
+}
