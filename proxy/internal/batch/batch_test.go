@@ -590,15 +590,16 @@ func TestShedsWhatWouldMissItsDeadline(t *testing.T) {
 	ahead := mkPairs("q", nDocs("e", 20)...)
 	ra := h.submit(context.Background(), ahead)
 	now := h.clock.Now()
-	// 5 more pairs (30 tokens): 1.5 s in all. A deadline 1 s away cannot be
-	// met: refused at once rather than left to time out.
-	_, err := h.b.Score(newManualCtx(now.Add(time.Second)), mkPairs("q", nDocs("f", 5)...))
+	// 5 more pairs (30 tokens): 1.5 s in all, 3 s with the margin of 2. A
+	// deadline 2 s away cannot be met safely: refused at once rather than
+	// left to time out.
+	_, err := h.b.Score(newManualCtx(now.Add(2*time.Second)), mkPairs("q", nDocs("f", 5)...))
 	if !errors.Is(err, sdk.ErrOverloaded) {
 		t.Fatalf("hopeless request: %v, want ErrOverloaded", err)
 	}
-	// A deadline 2 s away can: admitted.
+	// A deadline 4 s away can: admitted.
 	ok := mkPairs("q", nDocs("g", 5)...)
-	rok := h.submit(newManualCtx(now.Add(2*time.Second)), ok)
+	rok := h.submit(newManualCtx(now.Add(4*time.Second)), ok)
 	if s := h.b.Stats(); s.ShedRequests != 1 || s.RejectedRequests != 1 || s.PendingPairs != 25 || s.TotalRequests != 3 {
 		t.Fatalf("stats: %+v", s)
 	}
