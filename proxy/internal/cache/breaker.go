@@ -80,6 +80,14 @@ func (b *breaker) failure() {
 	b.openUntil = b.now().Add(b.wait)
 }
 
+// abandon records a call that ended without a verdict on Redis (the
+// request went away first): a probe becomes possible again at once.
+func (b *breaker) abandon() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.probing = false
+}
+
 // state reports whether the breaker is closed and how often it opened.
 func (b *breaker) state() (closed bool, opened uint64) {
 	b.mu.Lock()

@@ -105,8 +105,12 @@ func DefaultConfig() Config {
 			LockTTL: 10 * time.Second,
 			// Notifications normally wake waiters; polling only covers a
 			// lost notification, so it can be much slower than a batch.
-			PollInterval:       50 * time.Millisecond,
-			BreakerThreshold:   3,
+			PollInterval: 50 * time.Millisecond,
+			// One lost connection or a reconnect does not open the breaker;
+			// a dead Redis opens it within three calls.
+			BreakerThreshold: 3,
+			// A restarted Redis is used again within a second; one that
+			// stays dead costs a probe per 30 seconds at most.
 			BreakerCooldown:    time.Second,
 			BreakerMaxCooldown: 30 * time.Second,
 		},
@@ -336,7 +340,7 @@ func toItems(idx []int) []item {
 // then Redis locks, then the next stage for the pairs it locked, then a wait
 // for the pairs other instances locked. Every flight is finished on return,
 // whatever happens.
-func (c *Cache) lead(ctx context.Context, pairs []sdk.Pair, keys string, scores []float32, items []item) (err error) {
+func (c *Cache) lead(ctx context.Context, pairs []sdk.Pair, keys string, scores []float32, items []item) error {
 	all := items
 	defer func() {
 		// Flights still open failed: their waiters compute them themselves.
@@ -438,7 +442,7 @@ func (c *Cache) lockAndCompute(ctx context.Context, pairs []sdk.Pair, keys strin
 			}
 		}
 		if len(stale) > 0 {
-			_ = c.remote.release(ctx, token, stale, nil)
+			_ = c.remote.release(context.WithoutCancel(ctx), token, stale, nil)
 		}
 		if len(mine) > 0 {
 			if err := c.compute(ctx, pairs, keys, scores, mine, token, locked); err != nil {
@@ -484,13 +488,13 @@ func (c *Cache) compute(ctx context.Context, pairs []sdk.Pair, keys string, scor
 	if err == nil && len(got) != len(sub) {
 		err = fmt.Errorf("cache: next stage returned %d scores for %d pairs", len(got), len(sub))
 	}
+	// Writes and releases outlive the request: a client going away must
+	// not leave other instances waiting on our locks. Each Redis call is
+	// still bounded by the Redis timeout.
+	bg := context.WithoutCancel(ctx)
 	if err != nil {
 		if c.remote != nil && len(locked) > 0 {
-			// A fresh context: the request's may be what failed, and the
-			// locks must go regardless.
-			rctx, cancel := context.WithTimeout(context.Background(), c.remote.timeout)
-			_ = c.remote.release(rctx, token, locked, locked)
-			cancel()
+			_ = c.remote.release(bg, token, locked, locked)
 		}
 		return err
 	}
@@ -515,9 +519,9 @@ func (c *Cache) compute(ctx context.Context, pairs []sdk.Pair, keys string, scor
 	}
 	if c.remote != nil {
 		if len(done) > 0 {
-			_ = c.remote.store(ctx, done, doneScore)
+			_ = c.remote.store(bg, done, doneScore)
 		}
-		_ = c.remote.release(ctx, token, locked, locked)
+		_ = c.remote.release(bg, token, locked, locked)
 	}
 	for j, it := range items {
 		c.flights.finish(keyAt(keys, it.i), it.f, got[j], true)

@@ -149,3 +149,21 @@ func TestBreaker(t *testing.T) {
 		t.Errorf("opened %d times, want 3", opened)
 	}
 }
+
+func TestBreakerAbandonedProbe(t *testing.T) {
+	now := time.Unix(1000, 0)
+	b := newBreaker(1, time.Second, time.Second)
+	b.now = func() time.Time { return now }
+	b.failure()
+	now = now.Add(time.Second)
+	if !b.allow() {
+		t.Fatal("no probe after the cool-down")
+	}
+	b.abandon()
+	if !b.allow() {
+		t.Fatal("an abandoned probe blocks the next one")
+	}
+	if closed, _ := b.state(); closed {
+		t.Fatal("an abandoned probe closed the breaker")
+	}
+}

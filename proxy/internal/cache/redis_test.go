@@ -453,3 +453,28 @@ func TestErrorsReleaseLocks(t *testing.T) {
 	next.setFail(nil)
 	checkScores(t, next, pairs, score(t, c, pairs))
 }
+
+func TestCanceledRequestReleasesLocks(t *testing.T) {
+	srv := startRedis(t)
+	next := newCounting("m")
+	next.delay = time.Second
+	c := newTestCache(t, testConfig(srv.url()), testIdentity, next)
+	pairs := pairsOf("q", 0, 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		// Cancel once the request holds its locks.
+		for ctx.Err() == nil && len(srv.keys(lockKeyPrefix+"*")) < len(pairs) {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	if _, err := c.Score(ctx, pairs); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Score error = %v, want context.Canceled", err)
+	}
+	if n := len(srv.keys("*")); n != 0 {
+		t.Errorf("%d keys left in Redis after a canceled request, want none", n)
+	}
+	if st := c.Stats().Distributed; st.Errors != 0 || st.BreakerOpened != 0 {
+		t.Errorf("a canceled request counted against Redis: %+v", st)
+	}
+}

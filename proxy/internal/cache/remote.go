@@ -244,8 +244,8 @@ func (r *remote) call(ctx context.Context, fn func(ctx context.Context) error) e
 		return nil
 	}
 	if ctx.Err() != nil {
-		// The request went away; say nothing about Redis.
-		r.br.success()
+		// The request went away; that says nothing about Redis.
+		r.br.abandon()
 		return fmt.Errorf("cache: redis call abandoned: %w", ctx.Err())
 	}
 	r.errs.Add(1)
