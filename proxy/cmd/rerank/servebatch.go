@@ -36,7 +36,7 @@ func batchFlagsOn(fs *flag.FlagSet, b *batchFlags, env map[string]string) {
 	num(&b.maxTokens, "micro-batch-max-tokens", "MICRO_BATCH_MAX_TOKENS", 0,
 		"The padded token budget of one batch (pairs times the longest pair's tokens, estimated before tokenization at 4 characters per token and capped by --max-length). Default 0: per backend, 8192 on cpu and coreml, 32 × max-length on cuda.")
 	num(&b.inFlight, "micro-batch-in-flight", "MICRO_BATCH_IN_FLIGHT", 0,
-		"The number of batches the plugin may run at once; the next batch forms while they run. Default 0: per backend, 2 on cpu and cuda, 1 on coreml.")
+		"The number of batches the plugin may run at once; the next batch forms while they run. Default 0: per backend, 1 on cpu and coreml (one run already uses every core), 2 on cuda.")
 	num(&b.maxQueue, "max-queue", "RERANKER_MAX_QUEUE", batch.DefaultMaxQueue,
 		"The most (query, candidate) pairs admitted and not yet answered; a request that would pass it is answered 429 with Retry-After. A single request bigger than the bound is still admitted when nothing else waits. Default 1000.")
 }

@@ -21,7 +21,7 @@ func TestBatchFlags(t *testing.T) {
 	}
 	// Defaults per backend.
 	f(nil, nil, "cpu", func(on bool, size, tokens, inFlight, queue int, w time.Duration) bool {
-		return on && size == 32 && tokens == 8192 && inFlight == 2 && queue == 1000 && w == 10*time.Millisecond
+		return on && size == 32 && tokens == 8192 && inFlight == 1 && queue == 1000 && w == 10*time.Millisecond
 	})
 	f(nil, nil, "cuda", func(on bool, size, tokens, inFlight, queue int, w time.Duration) bool {
 		return on && size == 32 && tokens == 32*512 && inFlight == 2

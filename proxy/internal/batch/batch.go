@@ -112,11 +112,12 @@ func ForDevice(device string) Config {
 		c.MaxInFlight = 1
 	default:
 		// On CPU time is linear in padded tokens: 8192 (32 pairs of 256
-		// tokens) keeps one batch in the tens of milliseconds on the
-		// MiniLM shape; two in flight keep the plugin busy across the gRPC
-		// round trip between batches.
+		// tokens) bounds one batch's activations and run time. One batch
+		// in flight: ONNX Runtime already spreads a run over every core,
+		// and two concurrent runs fight over them (1.1–1.7× the pairs/s
+		// and half the p99 with one in flight, docs/benchmarks/batch.md).
 		c.MaxBatchTokens = 8192
-		c.MaxInFlight = 2
+		c.MaxInFlight = 1
 	}
 	return c
 }
