@@ -6,6 +6,7 @@ import (
 	"net"
 	"os/exec"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +19,9 @@ type redisServer struct {
 	t    testing.TB
 	port int
 	cmd  *exec.Cmd
+
+	mu sync.Mutex
+	c  *redis.Client
 }
 
 // startRedis starts a redis-server for t, or skips t when the binary is not
@@ -88,9 +92,13 @@ func (s *redisServer) addr() string {
 
 // client returns a plain client for inspecting the server.
 func (s *redisServer) client() *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: s.addr()})
-	s.t.Cleanup(func() { c.Close() })
-	return c
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.c == nil {
+		s.c = redis.NewClient(&redis.Options{Addr: s.addr()})
+		s.t.Cleanup(func() { s.c.Close() })
+	}
+	return s.c
 }
 
 // keys returns the keys matching pattern.
