@@ -141,7 +141,12 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 		fmt.Fprintf(stderr, "usage: rerank serve [flags]\n\n"+
 			"Serves POST /v1/rerank, GET /health and GET / over HTTP, scoring on a backend plugin.\n"+
 			"Each flag may also be set by its environment variable; a flag given on the command line wins.\n\nflags:\n")
-		fs.PrintDefaults()
+		// Each help sentence states its default, so flag's own
+		// "(default …)" suffix is left out.
+		fs.VisitAll(func(f *flag.Flag) {
+			typ, usage := flag.UnquoteUsage(f)
+			fmt.Fprintf(stderr, "  %s\n    \t%s\n", strings.TrimSpace("-"+f.Name+" "+typ), usage)
+		})
 	}
 	var bad []string
 	fs.VisitAll(func(f *flag.Flag) {
