@@ -478,3 +478,42 @@ func TestCanceledRequestReleasesLocks(t *testing.T) {
 		t.Errorf("a canceled request counted against Redis: %+v", st)
 	}
 }
+
+func TestNaNNeverReachesRedis(t *testing.T) {
+	srv := startRedis(t)
+	next := newCounting("m")
+	pairs := pairsOf("q", 0, 3)
+	next.nan = pairs[1].Document
+	a := newTestCache(t, testConfig(srv.url()), testIdentity, next)
+	b := newTestCache(t, testConfig(srv.url()), testIdentity, next)
+	checkScores(t, next, pairs, score(t, a, pairs))
+	checkScores(t, next, pairs, score(t, b, pairs))
+	if n := len(srv.keys(redisKeyPrefix + "*")); n != 2 {
+		t.Errorf("%d scores in Redis, want the 2 finite ones", n)
+	}
+	if n := next.count(pairs[1]); n != 2 {
+		t.Errorf("the NaN pair was scored %d times, want 2 (never cached)", n)
+	}
+	if n := next.count(pairs[0]) + next.count(pairs[2]); n != 2 {
+		t.Errorf("the finite pairs were scored %d times, want once each", n)
+	}
+}
+
+func TestRedisModeFromURL(t *testing.T) {
+	f := func(url, mode string, wantCluster bool, wantType string) {
+		t.Helper()
+		c, cluster, err := newClient(RedisConfig{URL: url, Mode: mode, Timeout: time.Second})
+		if err != nil {
+			t.Fatalf("newClient(%q, %q): %v", url, mode, err)
+		}
+		defer c.Close()
+		if got := fmt.Sprintf("%T", c); cluster != wantCluster || got != wantType {
+			t.Errorf("newClient(%q, %q) = %s, cluster %v; want %s, %v", url, mode, got, cluster, wantType, wantCluster)
+		}
+	}
+	f("redis://localhost:6379/0", "", false, "*redis.Client")
+	f("rediss://user:pw@localhost:6380/2", "auto", false, "*redis.Client")
+	f("redis://sentinel:26379/0?master_name=mymaster", "", false, "*redis.Client")
+	f("redis://node1:7000?addr=node2:7000&addr=node3:7000", "", true, "*redis.ClusterClient")
+	f("redis://node1:7000", "cluster", true, "*redis.ClusterClient")
+}
