@@ -50,14 +50,17 @@ func (b *breaker) allow() bool {
 	return true
 }
 
-// success records a call that reached Redis and got an answer.
-func (b *breaker) success() {
+// success records a call that reached Redis and got an answer; it reports
+// whether that closed an open breaker.
+func (b *breaker) success() (reclosed bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	reclosed = b.open
 	b.failures = 0
 	b.open = false
 	b.probing = false
 	b.wait = b.cooldown
+	return reclosed
 }
 
 // failure records a call that failed for a reason on Redis's side: a

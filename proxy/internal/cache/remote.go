@@ -240,7 +240,9 @@ func (r *remote) call(ctx context.Context, fn func(ctx context.Context) error) e
 	err := fn(cctx)
 	cancel()
 	if err == nil || errors.Is(err, redis.Nil) {
-		r.br.success()
+		if r.br.success() {
+			r.log.Info("redis available again")
+		}
 		return nil
 	}
 	if ctx.Err() != nil {
