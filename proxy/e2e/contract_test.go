@@ -463,3 +463,28 @@ func pendingRequests(t *testing.T, s *server) int {
 	}
 	return h.Batcher.PendingRequests
 }
+
+// TestAutoFallsBackToCPU runs --backend auto where the CUDA plugin cannot
+// run (no GPU, or no CUDA libraries beside ONNX Runtime): the server falls
+// back to the CPU plugin, says why in its log, and serves on cpu.
+func TestAutoFallsBackToCPU(t *testing.T) {
+	requireRuntime(t)
+	if _, err := os.Stat("/dev/nvidia0"); err == nil {
+		t.Skip("a GPU is present: auto would rightly pick cuda")
+	}
+	s := startServer(t, nil, "--model", modelDir(t, "tiny-bert"), "--backend", "auto")
+	h, _ := s.waitHealth(t, "ok")
+	if h.Device != "cpu" {
+		t.Fatalf("/health %+v, want device cpu", h)
+	}
+	logs := s.logs.String()
+	if !strings.Contains(logs, "falling back") || !strings.Contains(logs, "rerank-onnx-cuda") {
+		t.Fatalf("the log does not say why it fell back from cuda:\n%s", logs)
+	}
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, "falling back") {
+			t.Log(line)
+		}
+	}
+	decodeRerank(t, s.post(t, `{"query":"q","candidates":["a","b"]}`))
+}

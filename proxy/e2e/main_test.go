@@ -90,12 +90,13 @@ func findRepoRoot() (string, error) {
 	}
 }
 
-// build compiles the proxy without cgo and the CPU plugin with it, as make
-// build does.
+// build compiles the proxy without cgo and the CPU and CUDA plugins with
+// it, as make build does.
 func build() error {
 	for _, b := range []struct{ out, pkg, cgo string }{
 		{"rerank", "./proxy/cmd/rerank", "0"},
 		{"rerank-onnx-cpu", "./plugins/onnx-cpu", "1"},
+		{"rerank-onnx-cuda", "./plugins/onnx-cuda", "1"},
 	} {
 		cmd := exec.Command("go", "build", "-ldflags", "-X main.version=e2e", "-o", filepath.Join(binDir, b.out), b.pkg)
 		cmd.Dir = repoRoot
