@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math"
 	"net/http"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -82,7 +83,36 @@ func checkScores(t *testing.T, r reply, want []float64) {
 	}
 }
 
-// TestMicroBatchingCoalesces sends four concurrent requests whose 32 pairs
+// oneClassRequests returns n requests of k golden pairs whose query and
+// candidate together have 70 to 100 characters: all in one length class of
+// the batcher (17 to 32 estimated tokens at 4 characters per token), so
+// that length grouping keeps them in one batch.
+func oneClassRequests(t *testing.T, g *golden, n, k int) (bodies []string, scores [][]float64) {
+	t.Helper()
+	for _, set := range g.Sets {
+		if len(bodies) == n {
+			break
+		}
+		var cands []string
+		var want []float64
+		for i, c := range set.Candidates {
+			if l := len([]rune(set.Query)) + len([]rune(c)); l >= 70 && l <= 100 && len(cands) < k {
+				cands = append(cands, c)
+				want = append(want, set.Scores[i])
+			}
+		}
+		if len(cands) == k {
+			bodies = append(bodies, rerankBody(t, map[string]any{"query": set.Query, "candidates": cands}))
+			scores = append(scores, want)
+		}
+	}
+	if len(bodies) < n {
+		t.Fatalf("only %d golden sets have %d pairs of 70-100 characters", len(bodies), k)
+	}
+	return bodies, scores
+}
+
+// TestMicroBatchingCoalesces sends four concurrent requests whose pairs
 // fill exactly one batch: the window is so long that only the size can
 // flush it, so the plugin must see a single batch, and every request must
 // still get the reference scores of its own pairs (padding among other
@@ -91,13 +121,13 @@ func TestMicroBatchingCoalesces(t *testing.T) {
 	requireRuntime(t)
 	g := loadGolden(t, "tiny-bert")
 	dir := goldenModelDir(t, "tiny-bert")
+	const requests, perRequest = 4, 2
 	s := startServer(t, []string{
-		"MICRO_BATCH_ENABLED=true", "MICRO_BATCH_MAX_SIZE=32", "MICRO_BATCH_WINDOW_MS=600000",
-		"MICRO_BATCH_MAX_TOKENS=1000000", "MICRO_BATCH_IN_FLIGHT=1",
-		"ENABLE_PREDICTION_CACHE=false", "RERANK_SERVER_TIMEOUT=300",
+		"MICRO_BATCH_ENABLED=true", "MICRO_BATCH_MAX_SIZE=" + strconv.Itoa(requests*perRequest), "MICRO_BATCH_WINDOW_MS=600000",
+		"MICRO_BATCH_IN_FLIGHT=1", "ENABLE_PREDICTION_CACHE=false", "RERANK_SERVER_TIMEOUT=300",
 	}, "--model", dir)
 	s.waitHealth(t, "ok")
-	bodies, want := goldenRequests(t, g, 4, 8)
+	bodies, want := oneClassRequests(t, g, requests, perRequest)
 	replies := make([]reply, len(bodies))
 	var wg sync.WaitGroup
 	for i := range bodies {
@@ -112,8 +142,9 @@ func TestMicroBatchingCoalesces(t *testing.T) {
 		checkScores(t, replies[i], want[i])
 	}
 	mb := s.microBatcher(t)
-	if !mb.Enabled || mb.TotalRequests != 4 || mb.TotalBatches != 1 || mb.AvgBatchSize+float64(mb.DuplicatePairs) != 32 || mb.PendingPairs != 0 {
-		t.Fatalf("micro_batcher after 4 requests of 8 pairs: %+v", mb)
+	if !mb.Enabled || mb.TotalRequests != requests || mb.TotalBatches != 1 ||
+		mb.AvgBatchSize+float64(mb.DuplicatePairs) != requests*perRequest || mb.PendingPairs != 0 {
+		t.Fatalf("micro_batcher after %d requests of %d pairs: %+v", requests, perRequest, mb)
 	}
 }
 
@@ -159,9 +190,10 @@ func TestMicroBatchingAdmission(t *testing.T) {
 	}
 
 	// 8 pairs > the bound of 5, with nothing pending: admitted, and split
-	// into two full batches of 4.
+	// into batches of at most 4 (more than two when its pairs fall into
+	// several length classes), none waiting for the window.
 	checkScores(t, s.post(t, big[0]), bigWant[0])
-	if mb := s.microBatcher(t); mb.TotalBatches != 2 || mb.PendingPairs != 0 {
+	if mb := s.microBatcher(t); mb.TotalBatches < 2 || mb.AvgBatchSize > 4 || mb.PendingPairs != 0 {
 		t.Fatalf("after the big request: %+v", mb)
 	}
 }

@@ -221,6 +221,7 @@ type Batcher struct {
 	mu           sync.Mutex
 	buckets      [nBuckets]queue // pending items by length class
 	seq          uint64          // arrival counter of items
+	dueSeq       uint64          // items up to this seq are due at once
 	pendingPairs int             // admitted, unanswered pairs (queued + in flight)
 	queuedPairs  int             // live pairs waiting in buckets
 	queuedTokens int             // their estimated tokens
@@ -480,9 +481,15 @@ func (b *Batcher) pumpLocked() {
 		if head == nil {
 			return
 		}
-		due := !now.Before(head.req.arrival.Add(b.cfg.Window))
 		full := b.queuedPairs >= b.cfg.MaxBatchSize || b.queuedTokens >= b.cfg.MaxBatchTokens
-		if !due && !full {
+		if full {
+			// Everything queued now made the queue full: what a
+			// length-grouped batch leaves behind goes next, without
+			// waiting for another window.
+			b.dueSeq = b.seq
+		}
+		due := head.seq <= b.dueSeq || !now.Before(head.req.arrival.Add(b.cfg.Window))
+		if !due {
 			if !b.timerArmed {
 				b.timerArmed = true
 				b.cfg.Clock.AfterFunc(head.req.arrival.Add(b.cfg.Window).Sub(now), b.onTimer)
@@ -540,40 +547,24 @@ func (b *Batcher) frontLocked(c int) *item {
 
 // formLocked builds a batch that starts with head, then takes items of
 // head's length class and of shorter classes, in arrival order, while the
-// pair count and padded token budget allow. If that leaves room, it goes on
-// with the longer classes, nearest first: a batch is only formed when it is
-// full or due, and room left in it would only hold pairs back for another
-// window.
+// pair count and padded token budget allow. Longer classes are left for
+// their own batch: they would raise the padding of every pair in this one.
 func (b *Batcher) formLocked(head *item) *batchRun {
 	run := &batchRun{}
 	longest := 0
-	// take moves items of class c into the batch; it reports false when the
-	// token budget stopped it.
-	take := func(c int) bool {
+	for c := bucketOf(head.tokens); c >= 0 && len(run.items) < b.cfg.MaxBatchSize; c-- {
 		for len(run.items) < b.cfg.MaxBatchSize {
 			it := b.frontLocked(c)
 			if it == nil {
-				return true
+				break
 			}
 			l := max(longest, it.tokens)
 			if len(run.items) > 0 && (len(run.items)+1)*l > b.cfg.MaxBatchTokens {
-				return false
+				break
 			}
 			longest = l
 			b.buckets[c].pop()
 			run.items = append(run.items, it)
-		}
-		return true
-	}
-	hc := bucketOf(head.tokens)
-	for c := hc; c >= 0 && len(run.items) < b.cfg.MaxBatchSize; c-- {
-		take(c)
-	}
-	// Longer classes only raise the padding: stop at the first that does
-	// not fit the budget.
-	for c := hc + 1; c < nBuckets && len(run.items) < b.cfg.MaxBatchSize; c++ {
-		if !take(c) {
-			break
 		}
 	}
 	return run

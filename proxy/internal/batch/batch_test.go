@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -279,21 +280,19 @@ func TestFlushesOnSize(t *testing.T) {
 				t.Fatalf("flushed before full: %+v", s)
 			}
 			r2 := h.submit(context.Background(), second)
-			c := h.backend.next(t)
-			if len(c.pairs) != wantFirstBatch {
-				t.Fatalf("first batch has %d pairs, want %d", len(c.pairs), wantFirstBatch)
-			}
-			h.reply(c, nil)
+			// Once the queue is full, every pair in it is due: the rest
+			// of a full queue leaves at once, not after the window.
 			all := len(first) + len(second)
-			if all > wantFirstBatch {
-				// The rest is a partial batch: it waits for the window.
-				h.backend.none(t)
-				h.clock.Advance(time.Hour)
-				c2 := h.backend.next(t)
-				if len(c2.pairs) != all-wantFirstBatch {
-					t.Fatalf("second batch has %d pairs, want %d", len(c2.pairs), all-wantFirstBatch)
-				}
-				h.reply(c2, nil)
+			var sizes []int
+			for n := 0; n < all; {
+				c := h.backend.next(t)
+				sizes = append(sizes, len(c.pairs))
+				n += len(c.pairs)
+				h.reply(c, nil)
+			}
+			slices.Sort(sizes)
+			if sizes[len(sizes)-1] != wantFirstBatch || len(sizes) > 2 {
+				t.Fatalf("batch sizes %v, want a full batch of %d and the rest", sizes, wantFirstBatch)
 			}
 			h.expectScores(r1, first)
 			h.expectScores(r2, second)
@@ -308,28 +307,38 @@ func TestFlushesOnSize(t *testing.T) {
 		mkPairs("q", long+"1", long+"2"), mkPairs("q", long+"3", long+"4"), 3)
 }
 
-func TestFullBatchOfMixedLengthsLeavesWhole(t *testing.T) {
-	// Pairs of several length classes that together fill a batch leave as
-	// one full batch: grouping by length must not strand the pairs of
-	// other classes behind a long window.
+func TestFullQueueOfMixedLengthsLeavesWithoutWaiting(t *testing.T) {
+	// Pairs of several length classes that together fill a batch leave
+	// grouped by length, and the classes that did not fit the first batch
+	// follow at once instead of waiting for a window.
 	h := newHarness(t, Config{MaxBatchSize: 6, MaxInFlight: 1, Window: time.Hour})
 	short, mid, long := "s", strings.Repeat("m", 100), strings.Repeat("l", 1000)
 	a := mkPairs("q", mid+"1", short+"1", long+"1")
 	bb := mkPairs("q", long+"2", short+"2", mid+"2")
 	ra := h.submit(context.Background(), a)
 	rb := h.submit(context.Background(), bb)
-	c := h.backend.next(t)
-	if len(c.pairs) != 6 {
-		t.Fatalf("batch of %d pairs, want all 6", len(c.pairs))
+	first := h.backend.next(t)
+	// Head first, then its class, then shorter ones.
+	if want := mkPairs("q", mid+"1", mid+"2", short+"1", short+"2"); fmt.Sprint(first.pairs) != fmt.Sprint(want) {
+		t.Fatalf("first batch %v, want %v", first.pairs, want)
 	}
-	// Head first, then its class, then shorter, then longer.
-	want := mkPairs("q", mid+"1", mid+"2", short+"1", short+"2", long+"1", long+"2")
-	if fmt.Sprint(c.pairs) != fmt.Sprint(want) {
-		t.Fatalf("batch order %v, want %v", c.pairs, want)
+	h.reply(first, nil)
+	second := h.backend.next(t) // no clock advance: due since the queue was full
+	if want := mkPairs("q", long+"1", long+"2"); fmt.Sprint(second.pairs) != fmt.Sprint(want) {
+		t.Fatalf("second batch %v, want %v", second.pairs, want)
 	}
-	h.reply(c, nil)
+	h.reply(second, nil)
 	h.expectScores(ra, a)
 	h.expectScores(rb, bb)
+	// A pair arriving afterwards waits for its window again.
+	c := mkPairs("q", "late")
+	rc := h.submit(context.Background(), c)
+	if s := h.b.Stats(); s.InFlightBatches != 0 || s.TotalBatches != 2 {
+		t.Fatalf("late pair dispatched before its window: %+v", s)
+	}
+	h.clock.Advance(time.Hour)
+	h.reply(h.backend.next(t), nil)
+	h.expectScores(rc, c)
 }
 
 func TestDeduplicatesInsideABatch(t *testing.T) {
@@ -366,16 +375,13 @@ func TestSplitsABigRequestAcrossBatches(t *testing.T) {
 	big := mkPairs("q", nDocs("d", 10)...)
 	r := h.submit(context.Background(), big)
 	var sizes []int
-	for range 2 {
-		c := h.backend.next(t) // full batches leave at once
+	for range 3 {
+		// Full batches leave at once, and the rest of the full queue
+		// right after them, with no window.
+		c := h.backend.next(t)
 		sizes = append(sizes, len(c.pairs))
 		h.reply(c, nil)
 	}
-	h.backend.none(t)
-	h.clock.Advance(10 * time.Millisecond) // the partial rest waits for the window
-	c := h.backend.next(t)
-	sizes = append(sizes, len(c.pairs))
-	h.reply(c, nil)
 	h.expectScores(r, big)
 	if fmt.Sprint(sizes) != "[4 4 2]" {
 		t.Fatalf("batch sizes %v, want [4 4 2]", sizes)
