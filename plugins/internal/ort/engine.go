@@ -2,6 +2,8 @@ package ort
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"math"
 	"os"
@@ -260,7 +262,7 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 		padID:     mc.padID(),
 		info: sdk.ModelInfo{
 			Name:            name,
-			Revision:        mf.Revision,
+			Revision:        revision(mf.Revision, filepath.Join(cfg.ModelDir, "tokenizer.json")),
 			Device:          string(e.provider),
 			Backend:         e.backend,
 			Precision:       mf.Precision,
@@ -272,6 +274,7 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 			SDKMinorVersion: sdk.MinorVersion,
 			Details: map[string]string{
 				"model_file":        mf.Path,
+				"model_sha256":      mf.Revision,
 				"ort_library":       libPath,
 				"ort_version":       ortgo.GetVersion(),
 				"intra_op_threads":  threads,
@@ -621,4 +624,18 @@ func fillInput[T int64 | int32](dst []T, kind inputKind, encs []tokenizer.Encodi
 			row[i] = pad
 		}
 	}
+}
+
+// revision identifies what decides the scores: the model file's sha256 and
+// the tokenizer's, so a changed tokenizer.json never reuses cached scores of
+// the old one. An unreadable tokenizer cannot happen here (it was loaded),
+// so its hash is simply left out then.
+func revision(modelSHA256, tokenizerPath string) string {
+	b, err := os.ReadFile(tokenizerPath)
+	if err != nil {
+		return modelSHA256
+	}
+	tok := sha256.Sum256(b)
+	both := sha256.Sum256([]byte(modelSHA256 + ":" + hex.EncodeToString(tok[:])))
+	return hex.EncodeToString(both[:])
 }

@@ -92,7 +92,8 @@ func TestLoadReportsModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := sdk.ModelInfo{Name: "org/tiny", Device: "cpu", Backend: "onnx-cpu", Precision: sdk.FP32, Quantization: "none",
-		Source: "onnx", MaxLength: 128, MaxBatchSize: tokenBudget / 128, Activation: "sigmoid", Revision: sha256Hex(b)}
+		Source: "onnx", MaxLength: 128, MaxBatchSize: tokenBudget / 128, Activation: "sigmoid",
+		Revision: revision(sha256Hex(b), filepath.Join(dir, "tokenizer.json"))}
 	gotCore := info
 	gotCore.Details, gotCore.SDKMinorVersion = nil, 0
 	if !reflect.DeepEqual(gotCore, want) {
@@ -100,6 +101,7 @@ func TestLoadReportsModel(t *testing.T) {
 	}
 	for k, v := range map[string]string{
 		"model_file":       filepath.Join(dir, "model.onnx"),
+		"model_sha256":     sha256Hex(b),
 		"intra_op_threads": "2",
 		"inputs":           "input_ids:int64,token_type_ids:int64,attention_mask:int64",
 		"output":           "logits",
@@ -251,4 +253,22 @@ func TestLoadUnavailableProviders(t *testing.T) {
 func sha256Hex(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+// TestRevisionCoversTheTokenizer: the same model file with another
+// tokenizer.json is another revision, so cached scores never cross over.
+func TestRevisionCoversTheTokenizer(t *testing.T) {
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "tokenizer.json")
+	f := func(content string) string {
+		t.Helper()
+		if err := os.WriteFile(tok, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return revision("abc", tok)
+	}
+	a, b := f(`{"a":1}`), f(`{"a":2}`)
+	if a == b || a == "abc" || f(`{"a":1}`) != a {
+		t.Fatalf("revisions %s / %s do not follow the tokenizer", a, b)
+	}
 }

@@ -112,8 +112,8 @@ func TestFidelity(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if g.Model.ModelSHA256 != "" && info.Revision != g.Model.ModelSHA256 {
-				t.Fatalf("rebuilt model has sha256 %s; the golden was recorded on %s", info.Revision, g.Model.ModelSHA256)
+			if g.Model.ModelSHA256 != "" && info.Details["model_sha256"] != g.Model.ModelSHA256 {
+				t.Fatalf("rebuilt model has sha256 %s; the golden was recorded on %s", info.Details["model_sha256"], g.Model.ModelSHA256)
 			}
 			compared := 0
 			for i, set := range g.Sets {
