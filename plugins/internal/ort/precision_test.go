@@ -407,10 +407,11 @@ func TestConversionFailures(t *testing.T) {
 	// A write that fails part-way leaves nothing behind: proto3 refuses
 	// to marshal a string that is not UTF-8.
 	bad := &onnxpb.ModelProto{Graph: &onnxpb.GraphProto{Name: "\xff"}}
-	if err := writeCached(cache, "fp16-bad", bad); err == nil {
+	root := filepath.Join(cache, "converted")
+	if err := writeCached(root, "fp16-bad", bad); err == nil {
 		t.Fatal("writeCached of an unmarshalable model succeeded")
 	}
-	if left, _ := os.ReadDir(cache); len(left) != 0 {
+	if left, _ := os.ReadDir(root); len(left) != 0 {
 		t.Fatalf("failed write left %v", left)
 	}
 }
