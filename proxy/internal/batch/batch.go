@@ -11,9 +11,10 @@
 // pending pair (so no request starves, however large or small) and is filled
 // with pending pairs of the same length class, then of shorter classes, in
 // arrival order, until the pair count or the padded token budget is reached.
-// A batch is dispatched as soon as it is full, or once its oldest pair has
-// waited Window; when every in-flight slot is busy, pairs keep accumulating
-// and the next batch leaves as soon as a slot frees.
+// A batch is dispatched as soon as the queue holds a full one, or once its
+// oldest pair has waited Window; the pairs a full queue left behind after
+// length grouping are due at once. When every in-flight slot is busy, pairs
+// keep accumulating and the next batch leaves as soon as a slot frees.
 package batch
 
 import (

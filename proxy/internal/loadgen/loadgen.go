@@ -389,7 +389,9 @@ func work(ctx context.Context, client *fasthttp.Client, cfg *Config, w int, issu
 
 // Print writes the report in human-readable form.
 func (r *Report) Print(w io.Writer) {
-	ms := func(d time.Duration) string { return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64) }
+	ms := func(d time.Duration) string {
+		return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64)
+	}
 	fmt.Fprintf(w, "target       %s\n", r.URL)
 	fmt.Fprintf(w, "load         %d clients, %d candidates per request, doc length %s, %.2f s\n",
 		r.Concurrency, r.Candidates, r.Lengths, r.Elapsed.Seconds())
