@@ -92,6 +92,12 @@ func TestTinyBERT(t *testing.T) {
 	if h.Device != "cpu" || h.Model != "org/tiny-bert" || h.Warning != "test model with random weights: scores are meaningless" {
 		t.Fatalf("/health = %+v", h)
 	}
+	for k, v := range map[string]any{"name": "org/tiny-bert", "precision": "fp32", "quantization": "none", "source": "onnx",
+		"backend": "onnx-cpu", "device": "cpu", "activation": "sigmoid"} {
+		if h.ModelInfo[k] != v {
+			t.Errorf("/health model_info[%s] = %v, want %v (%v)", k, h.ModelInfo[k], v, h.ModelInfo)
+		}
+	}
 	var counters struct {
 		PairsScored *uint64 `json:"pairs_scored"`
 		Batches     *uint64 `json:"batches"`

@@ -358,6 +358,9 @@ type health struct {
 	Message string          `json:"message"`
 	Warning string          `json:"warning"`
 	Backend json.RawMessage `json:"backend"`
+	// ModelInfo is what the plugin loaded: name, precision, quantization,
+	// source, backend, device.
+	ModelInfo map[string]any `json:"model_info"`
 }
 
 func (s *server) health(t testing.TB) (int, health) {

@@ -278,7 +278,10 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	// The pipeline, from the plugin outwards. Every stage implements
 	// Score(ctx, []sdk.Pair) ([]float32, error) over the next one, and
 	// registers its Stats() as a /health section.
-	sections := map[string]func() any{"backend": func() any { return sup.Stats() }}
+	sections := map[string]func() any{
+		"backend":    func() any { return sup.Stats() },
+		"model_info": func() any { return modelInfoSection(sup.Status().Model) },
+	}
 	var next rerank.Scorer = sup
 
 	// ---- BATCH STAGE (issue 6, proxy/internal/batch) ----
@@ -344,4 +347,34 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	}
 	<-served
 	return nil
+}
+
+// modelInfo is /health's "model_info": what the plugin actually loaded. The
+// issue asks for these under "model", but the wire contract (and clients of
+// the server this replaces) read "model" as the model's name, so the object
+// sits beside it.
+type modelInfo struct {
+	Name          string `json:"name"`
+	Precision     string `json:"precision"`
+	Quantization  string `json:"quantization"`
+	Source        string `json:"source"`
+	Backend       string `json:"backend"`
+	Device        string `json:"device"`
+	Revision      string `json:"revision"`
+	MaxLength     int    `json:"max_length"`
+	Activation    string `json:"activation"`
+	PrecisionNote string `json:"precision_note,omitempty"`
+	VariantFile   string `json:"variant_file,omitempty"`
+}
+
+// modelInfoSection is nil (JSON null) until the model is loaded.
+func modelInfoSection(m *sdk.ModelInfo) *modelInfo {
+	if m == nil {
+		return nil
+	}
+	return &modelInfo{
+		Name: m.Name, Precision: string(m.Precision), Quantization: m.Quantization, Source: m.Source,
+		Backend: m.Backend, Device: m.Device, Revision: m.Revision, MaxLength: m.MaxLength,
+		Activation: m.Activation, PrecisionNote: m.Details["precision_note"], VariantFile: m.Details["variant_file"],
+	}
 }
