@@ -16,6 +16,15 @@ import (
 // fields are ignored. The returned request owns all its strings, so nothing
 // refers to body afterwards.
 func decodeRequest(body []byte) (*rerank.Request, error) {
+	if req, ok := decodeFast(body); ok {
+		return req, nil
+	}
+	return decodeRequestSlow(body)
+}
+
+// decodeRequestSlow is decodeRequest without the fast path: it handles every
+// input, and defines the result the fast path must reproduce.
+func decodeRequestSlow(body []byte) (*rerank.Request, error) {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 || bytes.Equal(trimmed, []byte("null")) {
 		// FastAPI treats an empty body as a missing one.
