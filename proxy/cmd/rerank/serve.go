@@ -45,6 +45,7 @@ type serveConfig struct {
 	cacheDir          string
 	logLevel          string
 	logJSON           bool
+	pprofAddr         string
 	disableArena      bool
 	disableMemPattern bool
 	batch             batchFlags
@@ -98,6 +99,8 @@ func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
 		"The model cache directory: downloaded models and the generated test model live here. Default $XDG_CACHE_HOME/rerank or ~/.cache/rerank.")
 	str(&c.logLevel, "log-level", "RERANK_LOG_LEVEL", "info",
 		"The log level: trace, debug, info, warn or error. Default info.")
+	str(&c.pprofAddr, "pprof-addr", "RERANK_PPROF_ADDR", "",
+		"An address such as 127.0.0.1:6060 on which to serve Go's /debug/pprof profiles, for finding where the proxy spends its time. Default empty: off. Keep it on loopback: profiles reveal internals.")
 	fs.BoolVar(&c.logJSON, "log-json", false, "Log JSON lines instead of text. Default false. Environment: RERANK_LOG_JSON.")
 	env["log-json"] = "RERANK_LOG_JSON"
 	memoryFlagsOn(fs, c, env)
@@ -243,6 +246,9 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 		modelName = src.name()
 	}
 	warning := src.warning()
+	if c.pprofAddr != "" {
+		servePprof(c.pprofAddr, logger)
+	}
 	logger.Info("starting", "version", version, "model", modelName, "source", src.describe(), "backend", c.backend, "precision", c.precision)
 	if warning != "" {
 		logger.Warn("serving a " + warning)

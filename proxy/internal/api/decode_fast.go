@@ -185,6 +185,16 @@ func (p *fastParser) str() ([]byte, bool) {
 	escaped := false
 	seg := p.i
 	for p.i < len(p.b) {
+		// Skip plain bytes in a tight loop over locals (fields of p would be
+		// reloaded every byte): strings are most of a request.
+		b, i := p.b, p.i
+		for i < len(b) && !strSpecial[b[i]] {
+			i++
+		}
+		p.i = i
+		if p.i == len(p.b) {
+			break
+		}
 		c := p.b[p.i]
 		switch {
 		case c == '"':
@@ -251,6 +261,16 @@ func (p *fastParser) str() ([]byte, bool) {
 	}
 	return nil, false
 }
+
+// strSpecial marks the bytes that end a run of plain string bytes: the
+// closing quote, a backslash, and the control bytes JSON forbids unescaped.
+var strSpecial = func() (t [256]bool) {
+	for c := 0; c < 0x20; c++ {
+		t[c] = true
+	}
+	t['"'], t['\\'] = true, true
+	return t
+}()
 
 // hex4 parses the four hex digits of a \u escape.
 func (p *fastParser) hex4() (rune, bool) {
