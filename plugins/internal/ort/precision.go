@@ -28,7 +28,7 @@ import (
 // supportMatrix lists, per execution provider, the precisions it executes
 // with its own kernels. Load refuses the others rather than fall back to a
 // slower or bigger path. Measured for CPU with ONNX Runtime 1.29.0 (see
-// TestSupportMatrixCPU and docs/benchmarks/precision.md):
+// TestSupportMatrixCPU and docs/BENCHMARKS.md (precision section)):
 //   - cpu: fp32; fp16 (MatMul, Gemm, LayerNormalization, Gather and the
 //     data-movement ops have fp16 kernels; ONNX Runtime inserts casts to fp32
 //     around the element-wise ops, so weights stay half and the result is
@@ -80,7 +80,7 @@ func checkPrecision(p Provider, want sdk.Precision) (sdk.Precision, error) {
 
 // cpuFP16Note is what ModelInfo.Details["precision_note"] says for fp16 on
 // the CPU provider, where it executes but is a poor choice
-// (docs/benchmarks/precision.md has the measurements).
+// (docs/BENCHMARKS.md (precision section) has the measurements).
 const cpuFP16Note = "fp16 on the CPU provider runs several times slower than fp32 (ONNX Runtime casts around every element-wise op) and saves little memory; int8 is the fast, small CPU precision"
 
 // withNote adds the precision note for mf's precision on provider p.

@@ -186,7 +186,7 @@ func TestPrecisionsServeOnCPU(t *testing.T) {
 	// relative error per MatMul), and a random model's head spreads
 	// logits over several units, so these small models deviate more than
 	// trained ones; the bound catches a broken conversion (scores off by
-	// 0.1 or more), docs/benchmarks/precision.md has the measured figures.
+	// 0.1 or more), docs/BENCHMARKS.md (precision section) has the measured figures.
 	type tol struct{ maxAbs, mean float64 }
 	tols := map[sdk.Precision]tol{sdk.FP16: {1e-2, 2e-3}, sdk.INT8: {0.2, 0.05}}
 	f := func(arch, source string, p sdk.Precision, wantQuant string) {

@@ -27,7 +27,7 @@ func batchFlagsOn(fs *flag.FlagSet, b *batchFlags, env map[string]string) {
 		env[name] = envName
 	}
 	fs.Var(&b.enabled, "micro-batch",
-		"Coalesce the cache-missing pairs of concurrent requests into shared batches (true or false). Default: on for every backend, chosen from measurements (docs/benchmarks/batch.md). Environment: MICRO_BATCH_ENABLED.")
+		"Coalesce the cache-missing pairs of concurrent requests into shared batches (true or false). Default: on for every backend, chosen from measurements (docs/BENCHMARKS.md (batch section)). Environment: MICRO_BATCH_ENABLED.")
 	env["micro-batch"] = "MICRO_BATCH_ENABLED"
 	num(&b.maxSize, "micro-batch-max-size", "MICRO_BATCH_MAX_SIZE", batch.DefaultMaxBatchSize,
 		"The largest number of (query, candidate) pairs in one batch sent to the plugin; bigger requests are split across batches, never rejected for it. Default 32.")

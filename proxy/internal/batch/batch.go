@@ -89,7 +89,7 @@ type Config struct {
 }
 
 // ForDevice returns the configuration chosen from measurements for a
-// backend device ("cpu", "cuda" or "coreml"); docs/benchmarks/batch.md has
+// backend device ("cpu", "cuda" or "coreml"); docs/BENCHMARKS.md (batch section) has
 // the figures behind each choice.
 func ForDevice(device string) Config {
 	c := Config{
@@ -116,7 +116,7 @@ func ForDevice(device string) Config {
 		// tokens) bounds one batch's activations and run time. One batch
 		// in flight: ONNX Runtime already spreads a run over every core,
 		// and two concurrent runs fight over them (1.1–1.7× the pairs/s
-		// and half the p99 with one in flight, docs/benchmarks/batch.md).
+		// and half the p99 with one in flight, docs/BENCHMARKS.md (batch section)).
 		c.MaxBatchTokens = 8192
 		c.MaxInFlight = 1
 	}
@@ -408,7 +408,7 @@ func (b *Batcher) shedLocked(ctx context.Context, now time.Time, tokens int) err
 // time left: the throughput comes from recent batches, the token counts are
 // estimates, and a plugin's speed can halve from one second to the next on
 // a shared machine. With no margin, 31 of 71 admitted requests still timed
-// out in a 10× overload run (docs/benchmarks/batch.md): queueing at most half
+// out in a 10× overload run (docs/BENCHMARKS.md (batch section)): queueing at most half
 // a deadline's worth of work keeps the plugin busy and the admitted in time.
 const shedMargin = 2
 
