@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rerank-sidecar/rerank/sdk/onnx/crossencoder"
 )
 
 // microBatcher is the "micro_batcher" section of /health.
@@ -52,7 +54,7 @@ func (s *server) waitPending(t *testing.T, n int) {
 
 // goldenRequests returns n requests of k candidates each, cut from the
 // golden sets that have at least k, with the reference score of each.
-func goldenRequests(t *testing.T, g *golden, n, k int) (bodies []string, scores [][]float64) {
+func goldenRequests(t *testing.T, g *crossencoder.Golden, n, k int) (bodies []string, scores [][]float64) {
 	t.Helper()
 	for _, set := range g.Sets {
 		if len(bodies) == n {
@@ -87,7 +89,7 @@ func checkScores(t *testing.T, r reply, want []float64) {
 // candidate together have 70 to 100 characters: all in one length class of
 // the batcher (17 to 32 estimated tokens at 4 characters per token), so
 // that length grouping keeps them in one batch.
-func oneClassRequests(t *testing.T, g *golden, n, k int) (bodies []string, scores [][]float64) {
+func oneClassRequests(t *testing.T, g *crossencoder.Golden, n, k int) (bodies []string, scores [][]float64) {
 	t.Helper()
 	for _, set := range g.Sets {
 		if len(bodies) == n {

@@ -115,37 +115,10 @@ func requireRuntime(t testing.TB) {
 	}
 }
 
-// golden is a plugins/internal/ort/testdata/fidelity/*.golden.json file.
-type golden struct {
-	Model struct {
-		Arch         string `json:"arch"`
-		Layers       int    `json:"layers"`
-		Hidden       int    `json:"hidden"`
-		Heads        int    `json:"heads"`
-		Intermediate int    `json:"intermediate"`
-		VocabSize    int    `json:"vocab_size"`
-		MaxPositions int    `json:"max_positions"`
-		Labels       int    `json:"labels"`
-		Seed         uint64 `json:"seed"`
-		Tokenizer    string `json:"tokenizer"`
-		ModelSHA256  string `json:"model_sha256"`
-	} `json:"model"`
-	MaxLength int `json:"max_length"`
-	Sets      []struct {
-		Query      string    `json:"query"`
-		Candidates []string  `json:"candidates"`
-		Scores     []float64 `json:"scores"`
-	} `json:"sets"`
-}
-
-func loadGolden(t testing.TB, name string) *golden {
+func loadGolden(t testing.TB, name string) *crossencoder.Golden {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(repoRoot, "plugins", "internal", "ort", "testdata", "fidelity", name+".golden.json"))
+	g, err := crossencoder.ReadGolden(filepath.Join(repoRoot, "plugins", "internal", "ort", "testdata", "fidelity", name+".golden.json"))
 	if err != nil {
-		t.Fatalf("golden %s: %v", name, err)
-	}
-	g := &golden{}
-	if err := json.Unmarshal(b, g); err != nil {
 		t.Fatalf("golden %s: %v", name, err)
 	}
 	if len(g.Sets) < 50 {
@@ -205,15 +178,15 @@ func modelDir(t testing.TB, name string) string {
 
 // checkModelSHA fails when dir's model is not the one the golden was
 // recorded on, which means the goldens need regenerating.
-func checkModelSHA(t testing.TB, g *golden, dir string) {
+func checkModelSHA(t testing.TB, g *crossencoder.Golden, dir string) {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(dir, "onnx", "model.onnx"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(b)
-	if got := hex.EncodeToString(sum[:]); g.Model.ModelSHA256 != "" && got != g.Model.ModelSHA256 {
-		t.Fatalf("the model in %s has sha256 %s, but the golden was recorded on %s: the model builder changed; regenerate the goldens", dir, got, g.Model.ModelSHA256)
+	if got := hex.EncodeToString(sum[:]); g.Model.SHA256 != "" && got != g.Model.SHA256 {
+		t.Fatalf("the model in %s has sha256 %s, but the golden was recorded on %s: the model builder changed; regenerate the goldens", dir, got, g.Model.SHA256)
 	}
 }
 

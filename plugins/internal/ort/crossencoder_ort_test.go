@@ -8,7 +8,6 @@ package ort_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -94,15 +93,9 @@ func newSession(t testing.TB, c crossencoder.Config, model []byte, path string) 
 	return ss
 }
 
-// encoding is one unpadded pair as the goldens store it.
-type encoding struct {
-	InputIDs     []int64 `json:"input_ids"`
-	TokenTypeIDs []int64 `json:"token_type_ids"`
-}
-
 // run pads encs on the right to the longest (pad id, mask 0, type 0, as
 // Hugging Face tokenizers pad) and returns the logits, [len(encs)][labels].
-func (s *session) run(t testing.TB, encs []encoding) [][]float32 {
+func (s *session) run(t testing.TB, encs []crossencoder.GoldenEncoding) [][]float32 {
 	t.Helper()
 	seq := 0
 	for _, e := range encs {
@@ -159,48 +152,18 @@ func btoi(b bool) int {
 	return 0
 }
 
-// golden is a fidelity golden file.
-type golden struct {
-	Model struct {
-		Arch         string `json:"arch"`
-		Layers       int    `json:"layers"`
-		Hidden       int    `json:"hidden"`
-		Heads        int    `json:"heads"`
-		Intermediate int    `json:"intermediate"`
-		VocabSize    int    `json:"vocab_size"`
-		MaxPositions int    `json:"max_positions"`
-		Labels       int    `json:"labels"`
-		Seed         uint64 `json:"seed"`
-		SHA256       string `json:"model_sha256"`
-	} `json:"model"`
-	MaxLength int `json:"max_length"`
-	Sets      []struct {
-		Query      string     `json:"query"`
-		Candidates []string   `json:"candidates"`
-		Scores     []float64  `json:"scores"`
-		Logits     []float64  `json:"logits"`
-		Encodings  []encoding `json:"encodings"`
-	} `json:"sets"`
-}
-
 // loadGolden reads testdata/fidelity/NAME.golden.json and the config it
 // describes.
-func loadGolden(t testing.TB, name string) (*golden, crossencoder.Config) {
+func loadGolden(t testing.TB, name string) (*crossencoder.Golden, crossencoder.Config) {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", "fidelity", name+".golden.json"))
+	g, err := crossencoder.ReadGolden(filepath.Join("testdata", "fidelity", name+".golden.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &golden{}
-	if err := json.Unmarshal(b, g); err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
-	c, err := crossencoder.ArchDefaults(g.Model.Arch)
+	c, err := g.Config()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Layers, c.Hidden, c.Heads, c.Intermediate = g.Model.Layers, g.Model.Hidden, g.Model.Heads, g.Model.Intermediate
-	c.VocabSize, c.MaxPositions, c.NumLabels = g.Model.VocabSize, g.Model.MaxPositions, g.Model.Labels
 	if len(g.Sets) < 50 {
 		t.Fatalf("%s has %d sets, want at least 50", name, len(g.Sets))
 	}
@@ -292,7 +255,7 @@ func TestCrossEncoderMatchesForward(t *testing.T) {
 				t.Fatal(err)
 			}
 			s := newSession(t, c, b, "")
-			var encs []encoding
+			var encs []crossencoder.GoldenEncoding
 			var seqs []crossencoder.Sequence
 			for _, i := range []int{0, 1, 5, 17, len(g.Sets) - 1} {
 				e := g.Sets[i].Encodings[0]
@@ -306,7 +269,7 @@ func TestCrossEncoderMatchesForward(t *testing.T) {
 			batched := s.run(t, encs)
 			var spread []float64
 			for i, e := range encs {
-				single := s.run(t, []encoding{e})
+				single := s.run(t, []crossencoder.GoldenEncoding{e})
 				for l := 0; l < labels; l++ {
 					if d := math.Abs(float64(batched[i][l]) - want[i][l]); d > 1e-4 {
 						t.Errorf("sequence %d label %d: ORT %v, Forward %v", i, l, batched[i][l], want[i][l])
@@ -379,7 +342,7 @@ func TestCrossEncoderShapes(t *testing.T) {
 			s := newSession(t, c, buildModel(t, c, g.Model.Seed), "")
 			// Golden pairs cut to length tokens, each prefix once (many
 			// pairs share a query, so short prefixes repeat).
-			var encs []encoding
+			var encs []crossencoder.GoldenEncoding
 			seen := map[string]bool{}
 			for _, set := range g.Sets {
 				for _, e := range set.Encodings {

@@ -2,9 +2,7 @@ package ort
 
 import (
 	"context"
-	"encoding/json"
 	"math"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,63 +12,6 @@ import (
 	"github.com/rerank-sidecar/rerank/sdk"
 	"github.com/rerank-sidecar/rerank/sdk/onnx/crossencoder"
 )
-
-// fidelityGolden is a testdata/fidelity/*.golden.json file: the generated
-// model it was recorded on and, per set, the reference scores of an
-// independent implementation (transformers.js on onnxruntime-node).
-type fidelityGolden struct {
-	Model struct {
-		Arch          string   `json:"arch"`
-		Layers        int      `json:"layers"`
-		Hidden        int      `json:"hidden"`
-		Heads         int      `json:"heads"`
-		Intermediate  int      `json:"intermediate"`
-		VocabSize     int      `json:"vocab_size"`
-		MaxPositions  int      `json:"max_positions"`
-		Labels        int      `json:"labels"`
-		TypeVocabSize *int     `json:"type_vocab_size"`
-		PadTokenID    *int     `json:"pad_token_id"`
-		LayerNormEps  *float64 `json:"layer_norm_eps"`
-		Seed          uint64   `json:"seed"`
-		// Tokenizer is the tokenizer.json path relative to the repository root.
-		Tokenizer   string `json:"tokenizer"`
-		ModelSHA256 string `json:"model_sha256"`
-	} `json:"model"`
-	MaxLength int    `json:"max_length"`
-	Reference string `json:"reference"`
-	Sets      []struct {
-		Query      string    `json:"query"`
-		Candidates []string  `json:"candidates"`
-		Scores     []float64 `json:"scores"`
-	} `json:"sets"`
-}
-
-// config rebuilds the crossencoder configuration: the architecture's
-// Hugging Face defaults, the golden's sizes, and its explicit overrides.
-func (g *fidelityGolden) config() (crossencoder.Config, error) {
-	m := g.Model
-	c, err := crossencoder.ArchDefaults(m.Arch)
-	if err != nil {
-		return c, err
-	}
-	c.VocabSize, c.Hidden, c.Layers, c.Heads, c.Intermediate = m.VocabSize, m.Hidden, m.Layers, m.Heads, m.Intermediate
-	if m.MaxPositions > 0 {
-		c.MaxPositions = m.MaxPositions
-	}
-	if m.Labels > 0 {
-		c.NumLabels = m.Labels
-	}
-	if m.TypeVocabSize != nil {
-		c.TypeVocabSize = *m.TypeVocabSize
-	}
-	if m.PadTokenID != nil {
-		c.PadTokenID = *m.PadTokenID
-	}
-	if m.LayerNormEps != nil {
-		c.LayerNormEps = *m.LayerNormEps
-	}
-	return c, nil
-}
 
 // TestFidelity rebuilds each golden's model from its recorded shape and
 // seed, scores every set as one batch through the engine, and compares with
@@ -87,15 +28,11 @@ func TestFidelity(t *testing.T) {
 	for _, path := range paths {
 		name := strings.TrimSuffix(filepath.Base(path), ".golden.json")
 		t.Run(name, func(t *testing.T) {
-			b, err := os.ReadFile(path)
+			g, err := crossencoder.ReadGolden(path)
 			if err != nil {
 				t.Fatal(err)
 			}
-			var g fidelityGolden
-			if err := json.Unmarshal(b, &g); err != nil {
-				t.Fatalf("%s: %v", path, err)
-			}
-			c, err := g.config()
+			c, err := g.Config()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -112,8 +49,8 @@ func TestFidelity(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if g.Model.ModelSHA256 != "" && info.Details["model_sha256"] != g.Model.ModelSHA256 {
-				t.Fatalf("rebuilt model has sha256 %s; the golden was recorded on %s", info.Details["model_sha256"], g.Model.ModelSHA256)
+			if g.Model.SHA256 != "" && info.Details["model_sha256"] != g.Model.SHA256 {
+				t.Fatalf("rebuilt model has sha256 %s; the golden was recorded on %s", info.Details["model_sha256"], g.Model.SHA256)
 			}
 			compared := 0
 			for i, set := range g.Sets {
