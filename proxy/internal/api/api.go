@@ -72,9 +72,10 @@ const retryAfterSeconds = "1"
 
 // Server answers the HTTP API.
 type Server struct {
-	cfg      Config
-	sections []string
-	srv      *fasthttp.Server
+	cfg       Config
+	sections  []string
+	modelJSON []byte // the model name as a JSON string, encoded once
+	srv       *fasthttp.Server
 }
 
 // New returns a Server for cfg.
@@ -89,6 +90,9 @@ func New(cfg Config) *Server {
 		cfg.Status = func() Status { return Status{Ready: true} }
 	}
 	s := &Server{cfg: cfg}
+	if cfg.Service != nil {
+		s.modelJSON = appendJSON(nil, cfg.Service.ModelName())
+	}
 	for name := range cfg.HealthSections {
 		s.sections = append(s.sections, name)
 	}
@@ -206,7 +210,7 @@ func (s *Server) rerank(ctx *fasthttp.RequestCtx) {
 // writeResults writes the 200 answer; elapsed 0 is written as 0.0.
 func (s *Server) writeResults(ctx *fasthttp.RequestCtx, results []rerank.Result, elapsed time.Duration) {
 	// About 48 bytes per result and the model name.
-	b := make([]byte, 0, 64+48*len(results)+len(s.cfg.Service.ModelName()))
+	b := make([]byte, 0, 64+48*len(results)+len(s.modelJSON))
 	b = append(b, `{"results":[`...)
 	for i, r := range results {
 		if i > 0 {
@@ -219,7 +223,7 @@ func (s *Server) writeResults(ctx *fasthttp.RequestCtx, results []rerank.Result,
 		b = append(b, '}')
 	}
 	b = append(b, `],"model":`...)
-	b = appendJSON(b, s.cfg.Service.ModelName())
+	b = append(b, s.modelJSON...)
 	b = append(b, `,"processing_time_ms":`...)
 	// Milliseconds rounded to two decimals, as the Python server did.
 	ms := math.Round(float64(elapsed.Microseconds())/10) / 100

@@ -1,8 +1,11 @@
 package api
 
 import (
+	"bytes"
+	"encoding/binary"
 	"unicode/utf16"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/rerank"
 )
@@ -26,9 +29,10 @@ const maxIntDigits = 18
 
 // fastParser is a single-pass parser for the common, valid request body.
 type fastParser struct {
-	b   []byte
-	i   int
-	buf []byte // scratch for strings with escapes
+	b       []byte // the body, a private copy that nothing writes to
+	i       int
+	buf     []byte // scratch for strings with escapes
+	escaped bool   // whether the last string str returned is in buf
 }
 
 // decodeFast parses body in one pass when it is a plain, valid request: an
@@ -38,7 +42,10 @@ type fastParser struct {
 // lone surrogates, long integers...), leaving those to decodeRequestSlow.
 // When it reports true, the result is the one decodeRequestSlow gives.
 func decodeFast(body []byte) (*rerank.Request, bool) {
-	p := fastParser{b: body}
+	// The strings of the request refer to a private copy of the body, made
+	// in one allocation and never written to: the caller's buffer is reused
+	// by fasthttp for the next request while the pairs may still be queued.
+	p := fastParser{b: bytes.Clone(body)}
 	req := &rerank.Request{}
 	p.ws()
 	if !p.eat('{') {
@@ -64,7 +71,7 @@ func decodeFast(body []byte) (*rerank.Request, bool) {
 			if !ok {
 				return nil, false
 			}
-			req.Query = string(s)
+			req.Query = p.text(s)
 		case "candidates":
 			bit = seenCandidates
 			c, ok := p.candidates()
@@ -79,7 +86,7 @@ func decodeFast(body []byte) (*rerank.Request, bool) {
 				if !ok {
 					return nil, false
 				}
-				req.Model = string(s)
+				req.Model = p.text(s)
 			}
 		case "top_k":
 			bit = seenTopK
@@ -161,7 +168,7 @@ func (p *fastParser) candidates() ([]string, bool) {
 		if !ok {
 			return nil, false
 		}
-		out = append(out, string(s))
+		out = append(out, p.text(s))
 		p.ws()
 		if p.eat(',') {
 			continue
@@ -181,15 +188,74 @@ func (p *fastParser) str() ([]byte, bool) {
 	if !p.eat('"') {
 		return nil, false
 	}
+	// Most strings have no escapes: find the closing quote and look for a
+	// backslash with the library's vector search, then check the bytes
+	// between for control and non-ASCII bytes eight at a time.
+	rest := p.b[p.i:]
+	if q := bytes.IndexByte(rest, '"'); q >= 0 && bytes.IndexByte(rest[:q], '\\') < 0 {
+		seg := rest[:q]
+		control, nonASCII := scanPlain(seg)
+		if control || (nonASCII && !utf8.Valid(seg)) {
+			return nil, false
+		}
+		p.i += q + 1
+		p.escaped = false
+		return seg, true
+	}
+	return p.strEscaped()
+}
+
+// scanPlain reports whether s has a control byte (below 0x20) and whether
+// it has a non-ASCII byte. A control byte is found with the borrow of
+// w - 0x20 per byte, (w-0x2020…) &^ w & 0x8080…, which is exact for the
+// word as a whole: a byte borrows into the next only when it is itself
+// below 0x20.
+func scanPlain(s []byte) (control, nonASCII bool) {
+	var ctl, hi uint64
+	// Four words a step, re-slicing s so that the compiler drops the
+	// bounds checks: about twice the speed of one or two words a step.
+	for len(s) >= 32 {
+		w1 := binary.LittleEndian.Uint64(s)
+		w2 := binary.LittleEndian.Uint64(s[8:])
+		w3 := binary.LittleEndian.Uint64(s[16:])
+		w4 := binary.LittleEndian.Uint64(s[24:])
+		ctl |= (w1-ones8*0x20)&^w1 | (w2-ones8*0x20)&^w2 | (w3-ones8*0x20)&^w3 | (w4-ones8*0x20)&^w4
+		hi |= w1 | w2 | w3 | w4
+		s = s[32:]
+	}
+	for _, c := range s {
+		ctl |= (uint64(c) - 0x20) &^ uint64(c) & 0x80
+		hi |= uint64(c)
+	}
+	return ctl&high8 != 0, hi&high8 != 0
+}
+
+// strEscaped parses the rest of a string that has escapes (or is not closed)
+// byte by byte, decoding the escapes into p.buf.
+func (p *fastParser) strEscaped() ([]byte, bool) {
 	buf := p.buf[:0]
 	escaped := false
+	nonASCII := false // whether the current segment needs a UTF-8 check
 	seg := p.i
 	for p.i < len(p.b) {
-		// Skip plain bytes in a tight loop over locals (fields of p would be
-		// reloaded every byte): strings are most of a request.
+		// Skip plain bytes eight at a time, then byte by byte up to the
+		// next special one, over locals (fields of p would be reloaded on
+		// every step): strings are most of a request.
 		b, i := p.b, p.i
-		for i < len(b) && !strSpecial[b[i]] {
-			i++
+		for {
+			for i+8 <= len(b) && plainWord(binary.LittleEndian.Uint64(b[i:])) {
+				i += 8
+			}
+			end := min(i+8, len(b))
+			for i < end && !strSpecial[b[i]] {
+				if b[i] >= utf8.RuneSelf {
+					nonASCII = true
+				}
+				i++
+			}
+			if i < end || i == len(b) {
+				break
+			}
 		}
 		p.i = i
 		if p.i == len(p.b) {
@@ -199,10 +265,11 @@ func (p *fastParser) str() ([]byte, bool) {
 		switch {
 		case c == '"':
 			raw := p.b[seg:p.i]
-			if !utf8.Valid(raw) {
+			if nonASCII && !utf8.Valid(raw) {
 				return nil, false
 			}
 			p.i++
+			p.escaped = escaped
 			if !escaped {
 				return raw, true
 			}
@@ -211,9 +278,10 @@ func (p *fastParser) str() ([]byte, bool) {
 			return buf, true
 		case c == '\\':
 			raw := p.b[seg:p.i]
-			if !utf8.Valid(raw) || p.i+1 >= len(p.b) {
+			if (nonASCII && !utf8.Valid(raw)) || p.i+1 >= len(p.b) {
 				return nil, false
 			}
+			nonASCII = false
 			buf = append(buf, raw...)
 			escaped = true
 			e := p.b[p.i+1]
@@ -260,6 +328,38 @@ func (p *fastParser) str() ([]byte, bool) {
 		}
 	}
 	return nil, false
+}
+
+// Masks for plainWord: one bit per byte of a 64-bit word.
+const (
+	ones8 = 0x0101010101010101 // the lowest bit of every byte
+	high8 = 0x8080808080808080 // the highest bit of every byte
+)
+
+// plainWord reports whether none of the eight bytes of w is a quote, a
+// backslash, a control byte or a non-ASCII byte, using the "has a zero
+// byte" identity (x-ones8) &^ x & high8, which may flag a byte above a real
+// match but never misses one. Non-ASCII bytes stop the fast skip so that
+// str knows whether the string needs a UTF-8 check.
+func plainWord(w uint64) bool {
+	q := w ^ (ones8 * '"')
+	bs := w ^ (ones8 * '\\')
+	m := (q - ones8) &^ q
+	m |= (bs - ones8) &^ bs
+	m |= (w - ones8*0x20) &^ w // bytes below 0x20
+	m |= w                     // bytes from 0x80
+	return m&high8 == 0
+}
+
+// text returns s, the value str just returned, as a Go string: an unescaped
+// string shares the bytes of p.b (a private copy of the body that is never
+// written to, so the string cannot change), an escaped one is copied out of
+// the scratch buffer that the next string reuses.
+func (p *fastParser) text(s []byte) string {
+	if p.escaped || len(s) == 0 {
+		return string(s)
+	}
+	return unsafe.String(&s[0], len(s))
 }
 
 // strSpecial marks the bytes that end a run of plain string bytes: the

@@ -1,10 +1,14 @@
 package api
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"math/rand/v2"
 	"reflect"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/rerank"
 )
@@ -49,10 +53,17 @@ func FuzzDecodeFast(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
+		orig := bytes.Clone(body)
 		fast, ok := decodeFast(body)
 		if !ok {
 			return
 		}
+		// The request must not refer to the caller's buffer, which fasthttp
+		// reuses for the next request.
+		for i := range body {
+			body[i] = 'X'
+		}
+		body = orig
 		slow, err := decodeRequestSlow(body)
 		if err != nil {
 			t.Fatalf("fast path accepted %q, slow path: %v", body, err)
@@ -126,6 +137,15 @@ var fastSeeds = []string{
 	`{"candidates":["a"]}`,
 	`{"query":"q"}`,
 	`{}`, `[]`, `null`, ``, `{`, `"s"`, `1`,
+	// Long strings, so that the eight-byte skip runs and stops at a special
+	// byte in every position of a word.
+	`{"query":"0123456789abcdef0123456789abcdef","candidates":["01234567\"89abcdef","0123456789\\nabcdef","0123456789abc\u00e9"]}`,
+	"{\"query\":\"0123456789abcdef\x1f0123\",\"candidates\":[\"a\"]}",
+	"{\"query\":\"0123456789abcdef\x7f0123\",\"candidates\":[\"01234567é89abcdefgh\"]}",
+	"{\"query\":\"0123456789abcdef\xff0123\",\"candidates\":[\"a\"]}",
+	"{\"query\":\"0123456789abcdé\\n89abcdef0123456\xc3\",\"candidates\":[\"a\"]}",
+	"{\"query\":\"q\",\"candidates\":[\"0123456789abcdef 0123456789abcdef 中文中文中文中文 0123456789abcdef\"]}",
+	"{\"query\":\"q\",\"candidates\":[\"0123456789abcdef\",\"0123456789abcde\"]}",
 }
 
 // TestDecodeFastHandles shows which bodies take the fast path, and checks
@@ -183,6 +203,72 @@ func TestDecodeFastHandles(t *testing.T) {
 		if fast, ok := decodeFast([]byte(s)); ok {
 			if slow, err := decodeRequestSlow([]byte(s)); err != nil || !reflect.DeepEqual(fast, slow) {
 				t.Errorf("decode %q: fast %#v, slow %#v, %v", s, fast, slow, err)
+			}
+		}
+	}
+}
+
+// TestPlainWord compares the eight-byte check with a byte-by-byte one: every
+// byte value in every position of a word of plain bytes, and random words.
+func TestPlainWord(t *testing.T) {
+	ref := func(w [8]byte) bool {
+		for _, c := range w {
+			if strSpecial[c] || c >= utf8.RuneSelf {
+				return false
+			}
+		}
+		return true
+	}
+	f := func(w [8]byte) {
+		t.Helper()
+		if got, want := plainWord(binary.LittleEndian.Uint64(w[:])), ref(w); got != want {
+			t.Fatalf("plainWord(%q) = %v, want %v", w, got, want)
+		}
+	}
+	for pos := range 8 {
+		for c := range 256 {
+			w := [8]byte{'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'}
+			w[pos] = byte(c)
+			f(w)
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 200000 {
+		var w [8]byte
+		binary.LittleEndian.PutUint64(w[:], rng.Uint64())
+		f(w)
+		for i := range w { // mostly plain words with a few specials
+			if rng.IntN(4) != 0 {
+				w[i] = byte(0x20 + rng.IntN(0x60))
+			}
+		}
+		f(w)
+	}
+}
+
+// TestScanPlain compares scanPlain with a byte-by-byte check on strings of
+// every length up to 100 with at most two odd bytes anywhere in them.
+func TestScanPlain(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	odd := []byte{0x00, 0x09, 0x1f, 0x20, 0x7e, 0x7f, 0x80, 0x9f, 0xa0, 0xc3, 0xff}
+	for n := range 101 {
+		for range 300 {
+			s := make([]byte, n)
+			for i := range s {
+				s[i] = byte(0x20 + rng.IntN(0x5f))
+			}
+			for range rng.IntN(3) {
+				if n > 0 {
+					s[rng.IntN(n)] = odd[rng.IntN(len(odd))]
+				}
+			}
+			var wantCtl, wantHi bool
+			for _, c := range s {
+				wantCtl = wantCtl || c < 0x20
+				wantHi = wantHi || c >= 0x80
+			}
+			if ctl, hi := scanPlain(s); ctl != wantCtl || hi != wantHi {
+				t.Fatalf("scanPlain(%q) = %v, %v, want %v, %v", s, ctl, hi, wantCtl, wantHi)
 			}
 		}
 	}
