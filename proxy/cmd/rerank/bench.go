@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"time"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/loadgen"
@@ -28,6 +29,7 @@ func runBench(args []string) int {
 	timeout := fs.Duration("timeout", 30*time.Second, "The client-side limit of one request; requests past it count as \"timeout\".")
 	pool := fs.Int("pool", 0, "Draw documents from a fixed pool of this many so that repeats can hit a cache; 0 makes every document new.")
 	asJSON := fs.Bool("json", false, "Print the report as one JSON object instead of text.")
+	cpuProfile := fs.String("cpuprofile", "", "Write a Go CPU profile of the load generator itself to this file, to see what the client costs on a machine it shares with the server.")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -47,6 +49,19 @@ func runBench(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "rerank bench: %v\n", err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(os.Stderr, "rerank bench: cpu profile: %v\n", err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
+	}
 	rep, err := loadgen.Run(ctx, cfg)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "rerank bench: %v\n", err)

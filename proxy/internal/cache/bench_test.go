@@ -136,10 +136,10 @@ func BenchmarkLocalEntryBytes(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		kr := keyer{id: testIdentity.digest()}
+		kr := newKeyer(testIdentity.digest())
 		n := maxBytes / localEntryCost
 		for i := range n {
-			l.set(kr.keys(benchPairs(i)[:1]), 0.5)
+			l.set(kr.local(benchPairs(i)[:1]), 0.5)
 			if i%1000 == 0 {
 				l.wait() // keep ristretto's set buffer from dropping writes
 			}

@@ -7,10 +7,12 @@
 // order. Redis failing never fails a request: a short timeout and a circuit
 // breaker keep a dead Redis from adding latency.
 //
-// A key is the first 128 bits of a SHA-256 over the model identity (name,
-// revision, precision, backend, max length, activation) and the pair, each
-// part length-prefixed, so scores never cross models or precisions. Errors,
-// NaN and Inf scores and partial batches are never cached.
+// A Redis key is the first 128 bits of a SHA-256 over the model identity
+// (name, revision, precision, backend, max length, activation) and the pair,
+// each part length-prefixed, so scores never cross models or precisions; the
+// in-process keys are 128-bit seeded hashes of the pair in a cache made for
+// one identity (see keyer). Errors, NaN and Inf scores and partial batches
+// are never cached.
 package cache
 
 import (
@@ -147,7 +149,7 @@ func New(cfg Config, id Identity, next Scorer) (*Cache, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	c := &Cache{next: next, keyer: keyer{id: id.digest()}, flights: newFlights()}
+	c := &Cache{next: next, keyer: newKeyer(id.digest()), flights: newFlights()}
 	if cfg.Local.Enabled {
 		l, err := newLocal(cfg.Local)
 		if err != nil {
@@ -240,18 +242,20 @@ func (c *Cache) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) 
 	if len(pairs) == 0 {
 		return c.next.Score(ctx, pairs)
 	}
-	keys := c.keyer.keys(pairs)
+	keys := c.keyer.local(pairs)
 	scores := make([]float32, len(pairs))
 	var (
 		miss []int          // first occurrence of each key found in no cache yet
 		dups [][2]int       // later occurrences: {index, index of the first}
 		seen map[string]int // key → first occurrence, among the misses
 	)
+	hits := 0
 	for i := range pairs {
 		k := keyAt(keys, i)
 		if c.local != nil {
 			if v, ok := c.local.get(k); ok {
 				scores[i] = v
+				hits++
 				continue
 			}
 		}
@@ -267,6 +271,9 @@ func (c *Cache) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) 
 		}
 		miss = append(miss, i)
 	}
+	if c.local != nil {
+		c.local.count(hits, len(pairs)-hits)
+	}
 	if len(miss) > 0 {
 		if err := c.resolve(ctx, pairs, keys, miss, scores); err != nil {
 			return nil, err
@@ -278,10 +285,12 @@ func (c *Cache) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) 
 	return scores, nil
 }
 
-// item is one pair a request leads: its index and its flight.
+// item is one pair a request leads: its index, its flight, and its Redis
+// key once one was needed.
 type item struct {
-	i int
-	f *flight
+	i  int
+	f  *flight
+	sk string
 }
 
 // resolve fills scores[idx] from Redis, other requests' flights or the
@@ -300,7 +309,7 @@ func (c *Cache) resolve(ctx context.Context, pairs []sdk.Pair, keys string, idx 
 		var theirs []int
 		for j, i := range idx {
 			if lead[j] {
-				mine = append(mine, item{i, fl[j]})
+				mine = append(mine, item{i: i, f: fl[j]})
 			} else {
 				theirs = append(theirs, j)
 			}
@@ -351,7 +360,7 @@ func (c *Cache) lead(ctx context.Context, pairs []sdk.Pair, keys string, scores 
 	if c.remote == nil {
 		return c.compute(ctx, pairs, keys, scores, items, "", nil)
 	}
-	ks := itemKeys(keys, items)
+	ks := c.sharedKeys(pairs, items)
 	vals, err := c.remote.get(ctx, ks)
 	if err != nil {
 		return c.compute(ctx, pairs, keys, scores, items, "", nil)
@@ -419,7 +428,7 @@ func (c *Cache) lockAndCompute(ctx context.Context, pairs []sdk.Pair, keys strin
 			case <-tick.C:
 			}
 		}
-		ks := itemKeys(keys, items)
+		ks := c.sharedKeys(pairs, items)
 		acquired, vals, err := c.remote.lockAndGet(ctx, ks, token)
 		if err != nil {
 			return c.compute(ctx, pairs, keys, scores, items, "", nil)
@@ -453,7 +462,7 @@ func (c *Cache) lockAndCompute(ctx context.Context, pairs []sdk.Pair, keys strin
 		if len(items) > 0 && wake == nil {
 			c.remote.lockWaits.Add(uint64(len(items)))
 			wake = make(chan struct{}, 1)
-			registered = itemKeys(keys, items)
+			registered = c.sharedKeys(pairs, items)
 			c.remote.waiters.add(registered, wake)
 			timer = time.NewTimer(c.waitBudget(ctx))
 			tick = time.NewTicker(c.remote.poll)
@@ -492,6 +501,9 @@ func (c *Cache) compute(ctx context.Context, pairs []sdk.Pair, keys string, scor
 	// not leave other instances waiting on our locks. Each Redis call is
 	// still bounded by the Redis timeout.
 	bg := context.WithoutCancel(ctx)
+	if c.remote != nil {
+		c.sharedKeys(pairs, items)
+	}
 	if err != nil {
 		if c.remote != nil && len(locked) > 0 {
 			_ = c.remote.release(bg, token, locked, locked)
@@ -507,11 +519,10 @@ func (c *Cache) compute(ctx context.Context, pairs []sdk.Pair, keys string, scor
 		if !finite(got[j]) {
 			continue
 		}
-		k := keyAt(keys, it.i)
 		if c.local != nil {
-			c.local.set(k, got[j])
+			c.local.set(keyAt(keys, it.i), got[j])
 		}
-		done = append(done, k)
+		done = append(done, it.sk)
 		doneScore = append(doneScore, got[j])
 	}
 	if c.local != nil && len(done) > 0 {
@@ -529,11 +540,15 @@ func (c *Cache) compute(ctx context.Context, pairs []sdk.Pair, keys string, scor
 	return nil
 }
 
-// itemKeys returns the keys of items.
-func itemKeys(keys string, items []item) []string {
+// sharedKeys returns the Redis keys of items, computing those not yet known
+// and keeping them in the items.
+func (c *Cache) sharedKeys(pairs []sdk.Pair, items []item) []string {
 	ks := make([]string, len(items))
-	for j, it := range items {
-		ks[j] = keyAt(keys, it.i)
+	for j := range items {
+		if items[j].sk == "" {
+			items[j].sk = c.keyer.shared(pairs[items[j].i])
+		}
+		ks[j] = items[j].sk
 	}
 	return ks
 }

@@ -5,15 +5,15 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"hash"
+	"hash/maphash"
 	"math"
 	"strconv"
-	"strings"
 
 	"github.com/rerank-sidecar/rerank/sdk"
 )
 
-// keySize is the length in bytes of a pair's cache key: the first 128 bits of
-// a SHA-256, enough that no two pairs ever share a key by accident.
+// keySize is the length in bytes of a pair's cache key, local or shared: 128
+// bits, enough that no two pairs ever share a key by accident.
 const keySize = 16
 
 // keyDomain separates this key scheme from any other use of SHA-256 over the
@@ -71,26 +71,54 @@ func writeField(h hash.Hash, s string) {
 	h.Write(appendField(nil, s))
 }
 
-// keyer turns pairs into cache keys for one identity.
+// keyer turns pairs into cache keys for one identity. There are two kinds:
+//
+//   - Local keys, for the in-process L1 and the in-flight table: two 64-bit
+//     hashes of the pair by hash/maphash (AES-based where the CPU has AES
+//     instructions) under two seeds drawn at random when the keyer is made,
+//     128 bits in all. They never leave the process and the seeds are never
+//     shown, so no client can aim a collision at another's pair; a keyer
+//     serves one model identity (the stage makes a new cache, with new
+//     seeds, when the identity changes), so the identity need not be hashed.
+//     They cost about a quarter of a SHA-256 of the pair, and hashing is most
+//     of what an L1 hit costs.
+//   - Shared keys, for Redis: the first 128 bits of a SHA-256 over the
+//     identity's digest and the pair, the same in every process serving the
+//     same model. They are computed only for pairs the L1 does not hold.
 type keyer struct {
-	id [sha256.Size]byte
+	id    [sha256.Size]byte
+	seeds [2]maphash.Seed
 }
 
-// keys returns the keys of pairs concatenated in one string, keySize bytes
-// per pair: key i is a substring of it, so a request costs two allocations
-// however many pairs it has.
-func (k *keyer) keys(pairs []sdk.Pair) string {
-	var out strings.Builder
-	out.Grow(len(pairs) * keySize)
+// newKeyer returns a keyer for the identity whose digest is id, with fresh
+// local seeds.
+func newKeyer(id [sha256.Size]byte) keyer {
+	return keyer{id: id, seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}}
+}
+
+// local returns the local keys of pairs concatenated in one string, keySize
+// bytes per pair: key i is keyAt(keys, i), so a request costs two
+// allocations however many pairs it has.
+func (k *keyer) local(pairs []sdk.Pair) string {
+	out := make([]byte, 0, len(pairs)*keySize)
 	var buf []byte // the encoding of one pair, reused for the next
 	for i := range pairs {
-		buf = append(buf[:0], k.id[:]...)
-		buf = appendField(buf, pairs[i].Query)
+		buf = appendField(buf[:0], pairs[i].Query)
 		buf = appendField(buf, pairs[i].Document)
-		sum := sha256.Sum256(buf)
-		out.Write(sum[:keySize])
+		out = binary.LittleEndian.AppendUint64(out, maphash.Bytes(k.seeds[0], buf))
+		out = binary.LittleEndian.AppendUint64(out, maphash.Bytes(k.seeds[1], buf))
 	}
-	return out.String()
+	return string(out)
+}
+
+// shared returns the Redis key of a pair.
+func (k *keyer) shared(p sdk.Pair) string {
+	buf := make([]byte, 0, len(k.id)+16+len(p.Query)+len(p.Document))
+	buf = append(buf, k.id[:]...)
+	buf = appendField(buf, p.Query)
+	buf = appendField(buf, p.Document)
+	sum := sha256.Sum256(buf)
+	return string(sum[:keySize])
 }
 
 // appendField appends s to b after its length as 8 little-endian bytes.
@@ -99,7 +127,7 @@ func appendField(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-// keyAt returns key i of a string built by keys.
+// keyAt returns key i of a string built by keyer.local.
 func keyAt(keys string, i int) string {
 	return keys[i*keySize : (i+1)*keySize]
 }

@@ -8,12 +8,14 @@ import (
 	"github.com/rerank-sidecar/rerank/sdk"
 )
 
-func TestKeysSeparateIdentitiesAndPairs(t *testing.T) {
+func TestSharedKeysSeparateIdentitiesAndPairs(t *testing.T) {
 	base := Identity{Name: "m", Revision: "sha256:aa", Precision: sdk.FP32, Backend: "onnx-cpu", MaxLength: 512, Activation: "sigmoid"}
 	pair := sdk.Pair{Query: "what is go", Document: "go is a language"}
 	keyOf := func(id Identity, p sdk.Pair) string {
-		k := keyer{id: id.digest()}
-		return k.keys([]sdk.Pair{p})
+		// Every process gets its own seeds: shared keys must not depend
+		// on them.
+		k := newKeyer(id.digest())
+		return k.shared(p)
 	}
 	ref := keyOf(base, pair)
 	if len(ref) != keySize {
@@ -55,21 +57,39 @@ func TestKeysSeparateIdentitiesAndPairs(t *testing.T) {
 	}
 }
 
-func TestKeysOfManyPairs(t *testing.T) {
-	k := keyer{id: Identity{Name: "m"}.digest()}
+func TestLocalKeys(t *testing.T) {
+	k := newKeyer(Identity{Name: "m"}.digest())
 	pairs := pairsOf("q", 0, 5)
-	pairs = append(pairs, pairs[1])
-	keys := k.keys(pairs)
+	pairs = append(pairs, pairs[1],
+		sdk.Pair{Query: "ab", Document: "c"}, sdk.Pair{Query: "a", Document: "bc"},
+		sdk.Pair{Query: "d0", Document: "q"})
+	keys := k.local(pairs)
 	if len(keys) != len(pairs)*keySize {
 		t.Fatalf("got %d key bytes for %d pairs", len(keys), len(pairs))
 	}
 	if keyAt(keys, 1) != keyAt(keys, 5) {
 		t.Errorf("equal pairs have different keys")
 	}
-	for i := range 5 {
-		if one := k.keys(pairs[i : i+1]); one != keyAt(keys, i) {
+	distinct := map[string]bool{}
+	for i := range pairs {
+		if one := k.local(pairs[i : i+1]); one != keyAt(keys, i) {
 			t.Errorf("key %d depends on the other pairs of the request", i)
 		}
+		distinct[keyAt(keys, i)] = true
+	}
+	// Six distinct pairs and a repeat; the query/document boundary and
+	// the order of the two count.
+	if len(distinct) != len(pairs)-1 {
+		t.Errorf("%d distinct keys for %d distinct pairs", len(distinct), len(pairs)-1)
+	}
+	// Another keyer of the same identity (another cache, another process)
+	// draws other seeds, so its local keys share nothing with these.
+	other := newKeyer(Identity{Name: "m"}.digest())
+	if o := other.local(pairs[:1]); o == keyAt(keys, 0) || o[:8] == keyAt(keys, 0)[:8] || o[8:] == keyAt(keys, 0)[8:] {
+		t.Errorf("two keyers gave the same local key half")
+	}
+	if k.shared(pairs[0]) != other.shared(pairs[0]) {
+		t.Errorf("two keyers of one identity gave different shared keys")
 	}
 }
 
@@ -96,8 +116,8 @@ func TestValueCodec(t *testing.T) {
 }
 
 func TestKeyHashUsesBothHalves(t *testing.T) {
-	kr := keyer{id: Identity{}.digest()}
-	k := kr.keys(pairsOf("q", 0, 1))
+	kr := newKeyer(Identity{}.digest())
+	k := kr.local(pairsOf("q", 0, 1))
 	lo, hi := keyHash(k)
 	if lo == 0 || hi == 0 || lo == hi {
 		t.Errorf("keyHash = %x, %x", lo, hi)

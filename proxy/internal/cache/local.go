@@ -69,14 +69,21 @@ func newLocal(cfg LocalConfig) (*local, error) {
 	return &local{c: c, ttl: cfg.TTL}, nil
 }
 
+// get looks a key up; the caller counts the outcome with count.
 func (l *local) get(k string) (float32, bool) {
-	v, ok := l.c.Get(k)
-	if ok {
-		l.hits.Add(1)
-	} else {
-		l.misses.Add(1)
+	return l.c.Get(k)
+}
+
+// count adds a request's lookups to the counters, once per request rather
+// than per pair: the counters are shared by every core, and an atomic add
+// per pair was a visible part of an L1 hit.
+func (l *local) count(hits, misses int) {
+	if hits > 0 {
+		l.hits.Add(uint64(hits))
 	}
-	return v, ok
+	if misses > 0 {
+		l.misses.Add(uint64(misses))
+	}
 }
 
 // set stores a finite score; the write becomes visible after wait.

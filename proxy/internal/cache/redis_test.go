@@ -175,7 +175,7 @@ func TestStolenLockIsNotReleasedByNonOwner(t *testing.T) {
 	srv := startRedis(t)
 	c := newTestCache(t, testConfig(srv.url()), testIdentity, newCounting("m"))
 	r := c.remote
-	k := c.keyer.keys(pairsOf("q", 0, 1))
+	k := c.keyer.shared(pairsOf("q", 0, 1)[0])
 	lock := lockKeyPrefix + redisKey(k)
 	ctx := context.Background()
 	rc := srv.client()
@@ -218,12 +218,11 @@ func TestWaiterComputesWhenLockOwnerIsGone(t *testing.T) {
 	next := newCounting("m")
 	c := newTestCache(t, testConfig(srv.url()), testIdentity, next)
 	pairs := pairsOf("q", 0, 4)
-	keys := c.keyer.keys(pairs)
 	rc := srv.client()
 	ctx := context.Background()
 	// A dead instance holds the locks of pairs 0 and 1 for a minute.
 	for i := range 2 {
-		rc.Set(ctx, lockKeyPrefix+redisKey(keyAt(keys, i)), "dead-process:1", time.Minute)
+		rc.Set(ctx, lockKeyPrefix+redisKey(c.keyer.shared(pairs[i])), "dead-process:1", time.Minute)
 	}
 	// The request waits half its remaining time, then computes them.
 	rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
@@ -252,13 +251,12 @@ func TestWaiterWakesWhenOwnerFinishes(t *testing.T) {
 	cfg.Redis.PollInterval = time.Hour
 	b := newTestCache(t, cfg, testIdentity, next)
 	pairs := pairsOf("q", 0, 5)
-	keys := a.keyer.keys(pairs)
 	ctx := context.Background()
 	// a holds the locks, as if it had started computing.
 	owner := a.remote.newToken()
 	ks := make([]string, len(pairs))
 	for i := range pairs {
-		ks[i] = keyAt(keys, i)
+		ks[i] = a.keyer.shared(pairs[i])
 	}
 	if got, _, err := a.remote.lockAndGet(ctx, ks, owner); err != nil || !got[0] {
 		t.Fatalf("lockAndGet = %v, %v", got, err)
@@ -280,7 +278,7 @@ func TestWaiterWakesWhenOwnerFinishes(t *testing.T) {
 	}
 	scores := make([]float32, len(pairs))
 	items := toItems([]int{0, 1, 2, 3, 4})
-	if err := a.compute(ctx, pairs, keys, scores, items, owner, ks); err != nil {
+	if err := a.compute(ctx, pairs, a.keyer.local(pairs), scores, items, owner, ks); err != nil {
 		t.Fatal(err)
 	}
 	checkScores(t, next, pairs, <-done)

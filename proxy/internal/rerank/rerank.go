@@ -203,18 +203,40 @@ func (s *Service) Rerank(ctx context.Context, req *Request) ([]Result, error) {
 		}
 		results[i] = Result{Index: i, Score: sc}
 	}
-	// A stable sort keeps equal scores in input order.
-	slices.SortStableFunc(results, func(a, b Result) int {
-		switch {
-		case a.Score > b.Score:
-			return -1
-		case a.Score < b.Score:
-			return 1
-		}
-		return 0
-	})
+	sortResults(results)
 	if req.TopK > 0 && req.TopK < len(results) {
 		results = results[:req.TopK]
 	}
 	return results, nil
+}
+
+// insertionSortMax is the longest result list sorted by insertion: for the
+// usual 10 to 50 candidates it is several times faster than a general
+// stable sort called through a comparison function.
+const insertionSortMax = 64
+
+// sortResults sorts best score first; the sort is stable, so equal scores
+// keep their input order.
+func sortResults(r []Result) {
+	if len(r) > insertionSortMax {
+		slices.SortStableFunc(r, func(a, b Result) int {
+			switch {
+			case a.Score > b.Score:
+				return -1
+			case a.Score < b.Score:
+				return 1
+			}
+			return 0
+		})
+		return
+	}
+	for i := 1; i < len(r); i++ {
+		x := r[i]
+		j := i
+		for j > 0 && r[j-1].Score < x.Score {
+			r[j] = r[j-1]
+			j--
+		}
+		r[j] = x
+	}
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"math"
+	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -157,4 +159,33 @@ type short struct{}
 
 func (short) Score(_ context.Context, pairs []sdk.Pair) ([]float32, error) {
 	return make([]float32, len(pairs)-1), nil
+}
+
+// TestSortResults checks both sorts (insertion up to insertionSortMax,
+// the library's above) against a reference on lists with many ties.
+func TestSortResults(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, n := range []int{0, 1, 2, 3, 20, insertionSortMax, insertionSortMax + 1, 200} {
+		for range 50 {
+			r := make([]Result, n)
+			for i := range r {
+				r[i] = Result{Index: i, Score: float32(rng.IntN(5)) - 2}
+			}
+			want := slices.Clone(r)
+			// Reference: best first, then by input position.
+			slices.SortFunc(want, func(a, b Result) int {
+				if a.Score != b.Score {
+					if a.Score > b.Score {
+						return -1
+					}
+					return 1
+				}
+				return a.Index - b.Index
+			})
+			sortResults(r)
+			if !slices.Equal(r, want) {
+				t.Fatalf("n=%d: sortResults gave %v, want %v", n, r, want)
+			}
+		}
+	}
 }
