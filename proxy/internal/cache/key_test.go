@@ -88,6 +88,11 @@ func TestLocalKeys(t *testing.T) {
 	if o := other.local(pairs[:1]); o == keyAt(keys, 0) || o[:8] == keyAt(keys, 0)[:8] || o[8:] == keyAt(keys, 0)[8:] {
 		t.Errorf("two keyers gave the same local key half")
 	}
+	// The identity is hashed into local keys as well.
+	sameSeeds := keyer{id: Identity{Name: "n"}.digest(), seeds: k.seeds}
+	if sameSeeds.local(pairs[:1]) == keyAt(keys, 0) {
+		t.Errorf("two identities gave the same local key")
+	}
 	if k.shared(pairs[0]) != other.shared(pairs[0]) {
 		t.Errorf("two keyers of one identity gave different shared keys")
 	}
