@@ -8,6 +8,7 @@ import (
 	"hash/maphash"
 	"math"
 	"strconv"
+	"unsafe"
 
 	"github.com/rerank-sidecar/rerank/sdk"
 )
@@ -95,11 +96,15 @@ func newKeyer(id [sha256.Size]byte) keyer {
 }
 
 // local returns the local keys of pairs concatenated in one string, keySize
-// bytes per pair: key i is keyAt(keys, i), so a request costs two
-// allocations however many pairs it has.
+// bytes per pair: key i is keyAt(keys, i), so a request costs one
+// allocation however many pairs it has.
 func (k *keyer) local(pairs []sdk.Pair) string {
 	out := make([]byte, 0, len(pairs)*keySize)
-	var buf []byte // the encoding of one pair, reused for the next
+	// The encoding of one pair, reused for the next; on the stack unless a
+	// pair is longer than the scratch array (2 KB holds a query and a
+	// passage of a few hundred words).
+	var scratch [2 << 10]byte
+	buf := scratch[:0]
 	for i := range pairs {
 		buf = append(buf[:0], k.id[:]...)
 		buf = appendField(buf, pairs[i].Query)
@@ -107,7 +112,8 @@ func (k *keyer) local(pairs []sdk.Pair) string {
 		out = binary.LittleEndian.AppendUint64(out, maphash.Bytes(k.seeds[0], buf))
 		out = binary.LittleEndian.AppendUint64(out, maphash.Bytes(k.seeds[1], buf))
 	}
-	return string(out)
+	// out is never written again: the string may share its bytes.
+	return unsafe.String(unsafe.SliceData(out), len(out))
 }
 
 // shared returns the Redis key of a pair.
