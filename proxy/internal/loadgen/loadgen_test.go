@@ -107,6 +107,7 @@ type server struct {
 	mu      sync.Mutex
 	queries map[string]int
 	cands   []int
+	docs    map[string]bool
 }
 
 func (s *server) handle(ctx *fasthttp.RequestCtx) {
@@ -126,6 +127,9 @@ func (s *server) handle(ctx *fasthttp.RequestCtx) {
 	s.mu.Lock()
 	s.queries[req.Query]++
 	s.cands = append(s.cands, len(req.Candidates))
+	for _, c := range req.Candidates {
+		s.docs[c] = true
+	}
 	s.mu.Unlock()
 	if n == s.hangOn {
 		<-s.release
@@ -154,7 +158,7 @@ func (s *server) handle(ctx *fasthttp.RequestCtx) {
 }
 
 func startServer(t *testing.T, hangOn int64) (*server, string) {
-	s := &server{t: t, hangOn: hangOn, release: make(chan struct{}), queries: map[string]int{}}
+	s := &server{t: t, hangOn: hangOn, release: make(chan struct{}), queries: map[string]int{}, docs: map[string]bool{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -225,4 +229,28 @@ func TestRunRejectsBadConfig(t *testing.T) {
 	f(Config{Concurrency: 1, Requests: 1})
 	f(Config{URL: "http://127.0.0.1:1/v1/rerank", Requests: 1})
 	f(Config{URL: "http://127.0.0.1:1/v1/rerank", Concurrency: 1})
+}
+
+func TestRunWithAPool(t *testing.T) {
+	s, url := startServer(t, 0)
+	lengths, _ := ParseLengths("fixed:5")
+	// More requests than a worker prepares, so the prepared ones repeat.
+	cfg := Config{URL: url, Concurrency: 2, Candidates: 7, Requests: 3 * pooledRequests, Query: "q", Lengths: lengths, Seed: 3, Pool: 4}
+	rep, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Requests != cfg.Requests || rep.Outcomes["200"]+rep.Outcomes["429"] != cfg.Requests {
+		t.Fatalf("report %+v", rep)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.docs) != cfg.Pool {
+		t.Fatalf("the server saw %d distinct documents, want the pool's %d", len(s.docs), cfg.Pool)
+	}
+	for d := range s.docs {
+		if n := len(strings.Fields(d)); n != 5 {
+			t.Fatalf("document %q has %d words, want 5", d, n)
+		}
+	}
 }
