@@ -28,7 +28,7 @@ type Engine struct {
 	log      hclog.Logger
 	// newEncoder loads the tokenizer; tests replace it to isolate the
 	// engine from the tokenizer.
-	newEncoder func(path string) (pairEncoder, error)
+	newEncoder func(tokenizerJSON []byte) (pairEncoder, error)
 
 	loadMu sync.Mutex // serialises Load calls
 
@@ -61,7 +61,7 @@ func New(p Provider, backend string, opts ...Option) *Engine {
 	e := &Engine{
 		provider:   p,
 		backend:    backend,
-		newEncoder: func(path string) (pairEncoder, error) { return tokenizer.FromFile(path) },
+		newEncoder: func(b []byte) (pairEncoder, error) { return tokenizer.FromBytes(b) },
 		state:      sdk.StateLoading,
 		message:    "waiting for a model to load",
 	}
@@ -207,9 +207,14 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 		}
 		maxBatch = n
 	}
-	enc, err := e.newEncoder(filepath.Join(cfg.ModelDir, "tokenizer.json"))
+	tokPath := filepath.Join(cfg.ModelDir, "tokenizer.json")
+	tokJSON, err := os.ReadFile(tokPath)
 	if err != nil {
 		return nil, fmt.Errorf("ort: cannot load tokenizer: %v: %w", err, sdk.ErrInvalidInput)
+	}
+	enc, err := e.newEncoder(tokJSON)
+	if err != nil {
+		return nil, fmt.Errorf("ort: cannot load tokenizer: %v (in %q): %w", err, tokPath, sdk.ErrInvalidInput)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("load: %w", err)
@@ -262,7 +267,7 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 		padID:     mc.padID(),
 		info: sdk.ModelInfo{
 			Name:            name,
-			Revision:        revision(mf.Revision, filepath.Join(cfg.ModelDir, "tokenizer.json")),
+			Revision:        revision(mf.Revision, tokJSON),
 			Device:          string(e.provider),
 			Backend:         e.backend,
 			Precision:       mf.Precision,
@@ -627,15 +632,10 @@ func fillInput[T int64 | int32](dst []T, kind inputKind, encs []tokenizer.Encodi
 }
 
 // revision identifies what decides the scores: the model file's sha256 and
-// the tokenizer's, so a changed tokenizer.json never reuses cached scores of
-// the old one. An unreadable tokenizer cannot happen here (it was loaded),
-// so its hash is simply left out then.
-func revision(modelSHA256, tokenizerPath string) string {
-	b, err := os.ReadFile(tokenizerPath)
-	if err != nil {
-		return modelSHA256
-	}
-	tok := sha256.Sum256(b)
+// the tokenizer's (the bytes the tokenizer was built from), so a changed
+// tokenizer.json never reuses cached scores of the old one.
+func revision(modelSHA256 string, tokenizerJSON []byte) string {
+	tok := sha256.Sum256(tokenizerJSON)
 	both := sha256.Sum256([]byte(modelSHA256 + ":" + hex.EncodeToString(tok[:])))
 	return hex.EncodeToString(both[:])
 }

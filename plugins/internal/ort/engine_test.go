@@ -91,9 +91,15 @@ func TestLoadReportsModel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tok, err := os.ReadFile(filepath.Join(dir, "tokenizer.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The revision covers the model file and the tokenizer.
+	wantRevision := sha256Hex([]byte(sha256Hex(b) + ":" + sha256Hex(tok)))
 	want := sdk.ModelInfo{Name: "org/tiny", Device: "cpu", Backend: "onnx-cpu", Precision: sdk.FP32, Quantization: "none",
 		Source: "onnx", MaxLength: 128, MaxBatchSize: tokenBudget / 128, Activation: "sigmoid",
-		Revision: revision(sha256Hex(b), filepath.Join(dir, "tokenizer.json"))}
+		Revision: wantRevision}
 	gotCore := info
 	gotCore.Details, gotCore.SDKMinorVersion = nil, 0
 	if !reflect.DeepEqual(gotCore, want) {
@@ -232,7 +238,7 @@ func TestLoadUnavailableProviders(t *testing.T) {
 			// No model file: the provider is checked before the model.
 			dir := writeSumModelDir(t, sumGraph{mask: true, labels: 1}, "", nil, "")
 			e := New(p, "onnx-"+string(p), WithLogger(hclog.NewNullLogger()))
-			e.newEncoder = func(string) (pairEncoder, error) { return wordEncoder{}, nil }
+			e.newEncoder = func([]byte) (pairEncoder, error) { return wordEncoder{}, nil }
 			_, err := e.Load(context.Background(), sdk.LoadConfig{ModelDir: dir})
 			if !errors.Is(err, sdk.ErrUnavailable) || !strings.Contains(err.Error(), wantMsg) {
 				t.Fatalf("Load: %v; want ErrUnavailable mentioning %q", err, wantMsg)
@@ -258,17 +264,8 @@ func sha256Hex(b []byte) string {
 // TestRevisionCoversTheTokenizer: the same model file with another
 // tokenizer.json is another revision, so cached scores never cross over.
 func TestRevisionCoversTheTokenizer(t *testing.T) {
-	dir := t.TempDir()
-	tok := filepath.Join(dir, "tokenizer.json")
-	f := func(content string) string {
-		t.Helper()
-		if err := os.WriteFile(tok, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return revision("abc", tok)
-	}
-	a, b := f(`{"a":1}`), f(`{"a":2}`)
-	if a == b || a == "abc" || f(`{"a":1}`) != a {
-		t.Fatalf("revisions %s / %s do not follow the tokenizer", a, b)
+	a, b := revision("abc", []byte(`{"a":1}`)), revision("abc", []byte(`{"a":2}`))
+	if a == b || a == "abc" || revision("abc", []byte(`{"a":1}`)) != a || revision("abd", []byte(`{"a":1}`)) == a {
+		t.Fatalf("revisions %s / %s do not follow the model and the tokenizer", a, b)
 	}
 }

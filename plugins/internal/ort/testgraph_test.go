@@ -228,6 +228,6 @@ func (s sumGraph) sumLogit(e tokenizer.Encoding) float64 {
 // newSumEngine returns a CPU engine whose tokenizer is wordEncoder.
 func newSumEngine() *Engine {
 	e := New(CPU, "onnx-cpu", WithLogger(hclog.NewNullLogger()))
-	e.newEncoder = func(string) (pairEncoder, error) { return wordEncoder{}, nil }
+	e.newEncoder = func([]byte) (pairEncoder, error) { return wordEncoder{}, nil }
 	return e
 }
