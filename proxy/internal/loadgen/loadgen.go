@@ -48,6 +48,9 @@ type Config struct {
 	// Pool, when positive, draws documents from a fixed pool of that many,
 	// so repeated pairs can hit a cache; 0 makes every document new.
 	Pool int
+	// ServerPID, when positive, is the process id of the server on this
+	// machine: the report then gives its CPU time per request (Linux).
+	ServerPID int
 }
 
 // Lengths is a distribution of document lengths in words.
@@ -213,6 +216,16 @@ type Report struct {
 	// shared with the server, what the generator takes the server lacks.
 	// Zero where the platform does not report it.
 	ClientCPUPerRequest time.Duration `json:"client_cpu_per_request_ns"`
+	// ServerCPUPerRequest is the CPU time of the process Config.ServerPID
+	// per finished request, zero without one.
+	ServerCPUPerRequest time.Duration `json:"server_cpu_per_request_ns,omitempty"`
+	// MachineIdle and MachineSteal are the shares (0 to 1) of the
+	// machine's CPU time that was idle and stolen by the hypervisor during
+	// the run (Linux; -1 elsewhere). Steal is time a virtual CPU wanted to
+	// run and did not: on a shared host it inflates latencies, and runs
+	// with much of it are not comparable with runs without.
+	MachineIdle  float64 `json:"machine_idle"`
+	MachineSteal float64 `json:"machine_steal"`
 	// FirstError is one transport error, for the log.
 	FirstError string `json:"first_error,omitempty"`
 }
@@ -280,6 +293,13 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	tallies := make([]tally, cfg.Concurrency)
 	var wg sync.WaitGroup
 	cpu0 := processCPU()
+	var srv0 time.Duration
+	if cfg.ServerPID > 0 {
+		if srv0, err = pidCPU(cfg.ServerPID); err != nil {
+			return Report{}, fmt.Errorf("loadgen: server process %d: %w", cfg.ServerPID, err)
+		}
+	}
+	tot0, idle0, steal0, machineErr := machineTimes()
 	start := time.Now()
 	for w := range cfg.Concurrency {
 		wg.Add(1)
@@ -291,6 +311,14 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	cpu := processCPU() - cpu0
+	var srv time.Duration
+	if cfg.ServerPID > 0 {
+		if srv1, err := pidCPU(cfg.ServerPID); err == nil {
+			srv = srv1 - srv0
+		}
+	}
+	tot1, idle1, steal1, err := machineTimes()
+	machineErr = errors.Join(machineErr, err)
 
 	rep := Report{
 		URL: cfg.URL, Concurrency: cfg.Concurrency, Candidates: cfg.Candidates, Lengths: cfg.Lengths.String(),
@@ -316,8 +344,14 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		rep.OKPerSec = float64(len(ok)) / secs
 		rep.PairsPerSec = float64(rep.Pairs) / secs
 	}
-	if rep.Requests > 0 && cpu > 0 {
+	if rep.Requests > 0 {
 		rep.ClientCPUPerRequest = cpu / time.Duration(rep.Requests)
+		rep.ServerCPUPerRequest = srv / time.Duration(rep.Requests)
+	}
+	rep.MachineIdle, rep.MachineSteal = -1, -1
+	if machineErr == nil && tot1 > tot0 {
+		rep.MachineIdle = float64(idle1-idle0) / float64(tot1-tot0)
+		rep.MachineSteal = float64(steal1-steal0) / float64(tot1-tot0)
 	}
 	rep.All = summarize(all)
 	rep.OK = summarize(ok)
@@ -484,9 +518,15 @@ func (r *Report) Print(w io.Writer) {
 		ms(r.All.P50), ms(r.All.P95), ms(r.All.P99), ms(r.All.Max), r.Requests)
 	fmt.Fprintf(w, "latency 200  p50 %s ms  p95 %s ms  p99 %s ms  max %s ms\n",
 		ms(r.OK.P50), ms(r.OK.P95), ms(r.OK.P99), ms(r.OK.Max))
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 	if r.ClientCPUPerRequest > 0 {
-		fmt.Fprintf(w, "client cpu   %.1f µs per request (this load generator's own share of the machine)\n",
-			float64(r.ClientCPUPerRequest)/float64(time.Microsecond))
+		fmt.Fprintf(w, "client cpu   %.1f µs per request (this load generator's own share of the machine)\n", us(r.ClientCPUPerRequest))
+	}
+	if r.ServerCPUPerRequest > 0 {
+		fmt.Fprintf(w, "server cpu   %.1f µs per request\n", us(r.ServerCPUPerRequest))
+	}
+	if r.MachineIdle >= 0 {
+		fmt.Fprintf(w, "machine      %.0f%% idle, %.0f%% stolen by the hypervisor\n", 100*r.MachineIdle, 100*r.MachineSteal)
 	}
 	keys := make([]string, 0, len(r.Outcomes))
 	for k := range r.Outcomes {
