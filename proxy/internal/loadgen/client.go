@@ -85,13 +85,23 @@ func (e *endpoint) requestHead(dst []byte, n int) []byte {
 	return append(dst, "\r\n\r\n"...)
 }
 
+// stream is a connection as conn uses it.
+type stream interface {
+	io.ReadWriteCloser
+	SetDeadline(t time.Time) error
+}
+
 // conn is one worker's connection, dialled on first use and again after
 // any error or a "Connection: close".
 type conn struct {
-	ep   *endpoint
-	c    net.Conn
-	br   *bufio.Reader
-	body []byte // the last response body, reused
+	ep *endpoint
+	// blocking dials blocking sockets (see blocking_sock.go) for plain
+	// HTTP, with timeout as their per-call limit.
+	blocking bool
+	timeout  time.Duration
+	c        stream
+	br       *bufio.Reader
+	body     []byte // the last response body, reused
 }
 
 // errTimeout marks a request that ran past its deadline.
@@ -114,7 +124,7 @@ func (c *conn) do(req []byte, timeout time.Duration) (int, []byte, error) {
 	if err != nil {
 		c.close()
 		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
+		if errors.Is(err, errTimeout) || (errors.As(err, &ne) && ne.Timeout()) {
 			return 0, nil, errTimeout
 		}
 		return 0, nil, err
@@ -127,16 +137,21 @@ func (c *conn) do(req []byte, timeout time.Duration) (int, []byte, error) {
 
 func (c *conn) dial(deadline time.Time) error {
 	d := net.Dialer{Deadline: deadline}
-	var nc net.Conn
+	var nc stream
 	var err error
-	if c.ep.tls {
+	if c.blocking && !c.ep.tls {
+		var bs *blockingSock
+		if bs, err = dialBlocking(c.ep.addr, c.timeout); err == nil {
+			nc = bs
+		}
+	} else if c.ep.tls {
 		nc, err = (&tls.Dialer{NetDialer: &d, Config: &tls.Config{ServerName: c.ep.server}}).Dial("tcp", c.ep.addr)
 	} else {
 		nc, err = d.Dial("tcp", c.ep.addr)
 	}
 	if err != nil {
 		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
+		if errors.Is(err, errTimeout) || (errors.As(err, &ne) && ne.Timeout()) {
 			return errTimeout
 		}
 		return err

@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -109,7 +110,18 @@ func readRequest(br *bufio.Reader) (string, bool) {
 	return head.String() + string(body), true
 }
 
-func TestConnAnswers(t *testing.T) {
+// transports runs f with the poller's connections and, where available,
+// with blocking sockets.
+func transports(t *testing.T, f func(t *testing.T, blocking bool)) {
+	t.Run("poller", func(t *testing.T) { f(t, false) })
+	if blockingAvailable {
+		t.Run("blocking", func(t *testing.T) { f(t, true) })
+	}
+}
+
+func TestConnAnswers(t *testing.T) { transports(t, testConnAnswers) }
+
+func testConnAnswers(t *testing.T, blocking bool) {
 	answers := []string{
 		"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
 		"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 422 Unprocessable Entity\r\ncontent-length: 2\r\nX-Other: a:b\r\n\r\n{}",
@@ -124,7 +136,7 @@ func TestConnAnswers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &conn{ep: &ep}
+	c := &conn{ep: &ep, blocking: blocking, timeout: 5 * time.Second}
 	defer c.close()
 	f := func(wantCode int, wantBody string) {
 		t.Helper()
@@ -157,7 +169,9 @@ func TestConnAnswers(t *testing.T) {
 	}
 }
 
-func TestConnErrors(t *testing.T) {
+func TestConnErrors(t *testing.T) { transports(t, testConnErrors) }
+
+func testConnErrors(t *testing.T, blocking bool) {
 	f := func(answer string, timeout time.Duration, want string) {
 		t.Helper()
 		s := startScripted(t, answer)
@@ -165,7 +179,7 @@ func TestConnErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := &conn{ep: &ep}
+		c := &conn{ep: &ep, blocking: blocking, timeout: timeout}
 		defer c.close()
 		_, _, err = c.do(ep.requestHead(nil, 0), timeout)
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -183,4 +197,25 @@ func TestConnErrors(t *testing.T) {
 	f("HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n", time.Second, "over the")
 	f("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", time.Second, "bad chunk size")
 	f("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel<hold>", 200*time.Millisecond, "timed out")
+}
+
+func TestDialErrors(t *testing.T) {
+	transports(t, func(t *testing.T, blocking bool) {
+		// A port nobody listens on: connection refused, not a timeout.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		ep, err := parseEndpoint("http://" + addr + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &conn{ep: &ep, blocking: blocking, timeout: time.Second}
+		_, _, err = c.do(ep.requestHead(nil, 0), time.Second)
+		if err == nil || errors.Is(err, errTimeout) || !strings.Contains(err.Error(), "refused") {
+			t.Fatalf("dial to a closed port: %v, want connection refused", err)
+		}
+	})
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -291,6 +292,14 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	var issued atomic.Int64
 	tallies := make([]tally, cfg.Concurrency)
+	if blockingAvailable && !ep.tls {
+		// Workers sleep in blocking reads while holding their P; with one
+		// P each, none waits for the runtime to hand a P over (see
+		// blocking_sock.go).
+		if n := cfg.Concurrency + 1; runtime.GOMAXPROCS(0) < n {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(n))
+		}
+	}
 	var wg sync.WaitGroup
 	cpu0 := processCPU()
 	var srv0 time.Duration
@@ -362,7 +371,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 func work(ctx context.Context, ep *endpoint, cfg *Config, w int, issued *atomic.Int64) tally {
 	t := tally{outcomes: map[string]int{}}
 	gen := newGenerator(cfg, w)
-	c := &conn{ep: ep}
+	c := &conn{ep: ep, blocking: blockingAvailable, timeout: cfg.Timeout}
 	defer c.close()
 	src := newRequestSource(ep, newBodyBuilder(cfg, gen), cfg.Pool > 0)
 	for ctx.Err() == nil {
