@@ -501,14 +501,14 @@ func (c *Cache) compute(ctx context.Context, pairs []sdk.Pair, keys string, scor
 	// not leave other instances waiting on our locks. Each Redis call is
 	// still bounded by the Redis timeout.
 	bg := context.WithoutCancel(ctx)
-	if c.remote != nil {
-		c.sharedKeys(pairs, items)
-	}
 	if err != nil {
 		if c.remote != nil && len(locked) > 0 {
 			_ = c.remote.release(bg, token, locked, locked)
 		}
 		return err
+	}
+	if c.remote != nil {
+		c.sharedKeys(pairs, items) // for the items that never went to Redis
 	}
 	var (
 		done      []string
