@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/backend"
+	"github.com/rerank-sidecar/rerank/proxy/internal/loadgen"
 	"github.com/rerank-sidecar/rerank/sdk"
 )
 
@@ -164,4 +165,55 @@ func runConcurrent(b *testing.B, clients int, request func() error) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(b.N*benchCandidates)/b.Elapsed().Seconds(), "pairs/s")
+}
+
+// BenchmarkCachedRequests measures issue 5's figure: requests/s and latency
+// of /v1/rerank when the L1 score cache answers every pair (20 candidates
+// of 60 words drawn from a pool of 20, after a warm-up), over loopback with
+// the project's load generator (rerank bench) on the same machine, at 2 and
+// 4 clients. Besides ns/op it reports req/s, p50 and p99 in milliseconds,
+// the server's and the generator's CPU per request, and the share of the
+// machine's CPU the hypervisor stole during the run: on a shared virtual
+// machine the tail follows the steal.
+func BenchmarkCachedRequests(b *testing.B) {
+	requireRuntime(b)
+	s := startServer(b, nil, "--model", modelDir(b, "minilm"), "--max-length", fmt.Sprint(benchMaxLength))
+	s.waitHealth(b, "ok")
+	lengths, err := loadgen.ParseLengths("fixed:60")
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := loadgen.Config{
+		URL: s.url + "/v1/rerank", Candidates: benchCandidates, Lengths: lengths, Pool: benchCandidates,
+		Query: benchQuery, Seed: 1, ServerPID: s.cmd.Process.Pid,
+	}
+	warm := cfg
+	warm.Concurrency, warm.Requests = 1, 50
+	if _, err := loadgen.Run(context.Background(), warm); err != nil {
+		b.Fatal(err)
+	}
+	for _, clients := range []int{2, 4} {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			run := cfg
+			run.Concurrency, run.Requests = clients, max(b.N, clients)
+			b.ResetTimer()
+			rep, err := loadgen.Run(context.Background(), run)
+			b.StopTimer()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if rep.Outcomes["200"] != rep.Requests || rep.BadResponses != 0 {
+				b.Fatalf("answers %v, %d bad (first error %q)", rep.Outcomes, rep.BadResponses, rep.FirstError)
+			}
+			ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+			b.ReportMetric(rep.RequestsPerSec, "req/s")
+			b.ReportMetric(ms(rep.All.P50), "p50-ms")
+			b.ReportMetric(ms(rep.All.P99), "p99-ms")
+			b.ReportMetric(float64(rep.ServerCPUPerRequest)/float64(time.Microsecond), "server-µs/req")
+			b.ReportMetric(float64(rep.ClientCPUPerRequest)/float64(time.Microsecond), "client-µs/req")
+			if rep.MachineSteal >= 0 {
+				b.ReportMetric(100*rep.MachineSteal, "steal-%")
+			}
+		})
+	}
 }
