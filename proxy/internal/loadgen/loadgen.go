@@ -460,15 +460,15 @@ func countResults(body []byte) int {
 	return bytes.Count(body, []byte(`"index"`))
 }
 
-// bodyBuilder encodes request bodies: the query, the model and every pooled
-// document are JSON-encoded once, so a request body is mostly copies.
+// bodyBuilder encodes request bodies; the query and the model are
+// JSON-encoded once. (With a document pool, requests are built ahead by
+// requestSource, so encoding costs nothing during the run.)
 type bodyBuilder struct {
-	gen    *generator
-	n      int
-	head   []byte   // {"query":…,"candidates":[
-	tail   []byte   // ],"model":…}
-	pooled [][]byte // the encoded pool, when there is one
-	buf    []byte
+	gen  *generator
+	n    int
+	head []byte // {"query":…,"candidates":[
+	tail []byte // ],"model":…}
+	buf  []byte
 }
 
 func newBodyBuilder(cfg *Config, gen *generator) *bodyBuilder {
@@ -481,9 +481,6 @@ func newBodyBuilder(cfg *Config, gen *generator) *bodyBuilder {
 		b.tail = append(b.tail, jsonString(cfg.Model)...)
 	}
 	b.tail = append(b.tail, '}')
-	for _, d := range gen.pool {
-		b.pooled = append(b.pooled, jsonString(d))
-	}
 	return b
 }
 
@@ -494,11 +491,7 @@ func (b *bodyBuilder) next() []byte {
 		if i > 0 {
 			out = append(out, ',')
 		}
-		if len(b.pooled) > 0 {
-			out = append(out, b.pooled[b.gen.rng.IntN(len(b.pooled))]...)
-		} else {
-			out = append(out, jsonString(b.gen.fresh())...)
-		}
+		out = append(out, jsonString(b.gen.document())...)
 	}
 	out = append(out, b.tail...)
 	b.buf = out
