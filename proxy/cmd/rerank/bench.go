@@ -29,6 +29,7 @@ func runBench(args []string) int {
 	timeout := fs.Duration("timeout", 30*time.Second, "The client-side limit of one request; requests past it count as \"timeout\".")
 	pool := fs.Int("pool", 0, "Draw documents from a fixed pool of this many so that repeats can hit a cache; 0 makes every document new.")
 	serverPID := fs.Int("server-pid", 0, "The process id of the server when it runs on this machine: the report then gives its CPU time per request (Linux only).")
+	honorRetryAfter := fs.Bool("honor-retry-after", false, "After a 429 with a Retry-After header, wait that long before the client's next request, as a polite client does; by default the next request goes out at once.")
 	asJSON := fs.Bool("json", false, "Print the report as one JSON object instead of text.")
 	cpuProfile := fs.String("cpuprofile", "", "Write a Go CPU profile of the load generator itself to this file, to see what the client costs on a machine it shares with the server.")
 	if err := fs.Parse(args); err != nil {
@@ -41,7 +42,7 @@ func runBench(args []string) int {
 	}
 	cfg := loadgen.Config{
 		URL: *url, Concurrency: *concurrency, Candidates: *candidates, Lengths: lengths,
-		Query: *query, Model: *model, Seed: *seed, Timeout: *timeout, Pool: *pool, ServerPID: *serverPID,
+		Query: *query, Model: *model, Seed: *seed, Timeout: *timeout, Pool: *pool, ServerPID: *serverPID, HonorRetryAfter: *honorRetryAfter,
 	}
 	if *requests > 0 {
 		cfg.Requests = *requests

@@ -102,6 +102,9 @@ type conn struct {
 	c        stream
 	br       *bufio.Reader
 	body     []byte // the last response body, reused
+	// retryAfter is the last answer's Retry-After in seconds, 0 when it
+	// had none (or gave a date, which this client does not parse).
+	retryAfter time.Duration
 }
 
 // errTimeout marks a request that ran past its deadline.
@@ -228,6 +231,7 @@ func (c *conn) readHead() (code, length int, chunked, keep bool, err error) {
 	}
 	keep = line[7] == '1' // HTTP/1.1 keeps the connection by default, 1.0 closes it
 	length = -1
+	c.retryAfter = 0
 	read := len(line)
 	for {
 		h, err := c.line()
@@ -254,6 +258,10 @@ func (c *conn) readHead() (code, length int, chunked, keep bool, err error) {
 			length = n
 		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
 			chunked = bytes.EqualFold(value, []byte("chunked"))
+		case bytes.EqualFold(name, []byte("Retry-After")):
+			if n, err := strconv.Atoi(string(value)); err == nil && n > 0 {
+				c.retryAfter = time.Duration(n) * time.Second
+			}
 		case bytes.EqualFold(name, []byte("Connection")):
 			if bytes.EqualFold(value, []byte("close")) {
 				keep = false

@@ -158,7 +158,13 @@ func testConnAnswers(t *testing.T, blocking bool) {
 	f(422, "{}")
 	f(200, "abcdefg")
 	f(429, "busy")
+	if c.retryAfter != time.Second {
+		t.Fatalf("Retry-After read as %v, want 1s", c.retryAfter)
+	}
 	f(200, "to the end")
+	if c.retryAfter != 0 {
+		t.Fatalf("Retry-After %v kept from an earlier answer", c.retryAfter)
+	}
 	f(204, "")
 	f(200, "")
 	// One connection for the first four answers (keep-alive, 100 Continue

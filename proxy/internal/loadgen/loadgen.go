@@ -52,6 +52,11 @@ type Config struct {
 	// ServerPID, when positive, is the process id of the server on this
 	// machine: the report then gives its CPU time per request (Linux).
 	ServerPID int
+	// HonorRetryAfter makes a worker that got a 429 with a Retry-After
+	// of N seconds wait that long before its next request, as a polite
+	// client does; otherwise it sends the next one at once, and the 429
+	// count measures how often the server refuses an eager client.
+	HonorRetryAfter bool
 }
 
 // Lengths is a distribution of document lengths in words.
@@ -393,6 +398,12 @@ func work(ctx context.Context, ep *endpoint, cfg *Config, w int, issued *atomic.
 			}
 		default:
 			t.outcomes[strconv.Itoa(code)]++
+			if code == 429 && cfg.HonorRetryAfter && c.retryAfter > 0 {
+				select {
+				case <-ctx.Done():
+				case <-time.After(c.retryAfter):
+				}
+			}
 			if code == 200 {
 				t.ok = append(t.ok, lat)
 				if countResults(resp) != cfg.Candidates {

@@ -254,3 +254,26 @@ func TestRunWithAPool(t *testing.T) {
 		}
 	}
 }
+
+// TestHonorRetryAfter: the test server answers its fifth request 429 with
+// Retry-After: 1; a polite client waits that second, an eager one does not.
+func TestHonorRetryAfter(t *testing.T) {
+	f := func(honor bool) time.Duration {
+		_, url := startServer(t, 0)
+		cfg := Config{URL: url, Concurrency: 1, Candidates: 1, Requests: 6, Query: "q", Seed: 1, HonorRetryAfter: honor}
+		rep, err := Run(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Outcomes["429"] != 1 || rep.Outcomes["200"] != 5 {
+			t.Fatalf("outcomes %v", rep.Outcomes)
+		}
+		return rep.Elapsed
+	}
+	if d := f(true); d < time.Second {
+		t.Errorf("honouring Retry-After, the run took %v, want at least 1s", d)
+	}
+	if d := f(false); d >= time.Second {
+		t.Errorf("not honouring Retry-After, the run took %v, want well under 1s", d)
+	}
+}
