@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -170,7 +171,7 @@ func TestFloats(t *testing.T) {
 		if (err != nil) != wantErr {
 			t.Fatalf("%s: error %v, want error %v", name, err, wantErr)
 		}
-		if !wantErr && !slicesEqual(got, want) {
+		if !wantErr && !slices.Equal(got, want) {
 			t.Fatalf("%s: got %v, want %v", name, got, want)
 		}
 	}
@@ -183,16 +184,4 @@ func TestFloats(t *testing.T) {
 	f("negative dim", &onnxpb.TensorProto{Dims: []int64{-1}, DataType: int32(onnx.Float)}, nil, true)
 	f("overflow", &onnxpb.TensorProto{Dims: []int64{1 << 40, 1 << 40}, DataType: int32(onnx.Float)}, nil, true)
 	f("external", &onnxpb.TensorProto{Dims: []int64{1}, DataType: int32(onnx.Float), DataLocation: onnxpb.TensorProto_EXTERNAL}, nil, true)
-}
-
-func slicesEqual(a, b []float32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

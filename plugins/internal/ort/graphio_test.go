@@ -2,6 +2,7 @@ package ort
 
 import (
 	"bytes"
+	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -28,10 +29,10 @@ func TestScanGraphIO(t *testing.T) {
 				}
 				return out
 			}
-			if got := names(g.inputs); !equalStrings(got, inputs) {
+			if got := names(g.inputs); !slices.Equal(got, inputs) {
 				t.Errorf("inputs %v, want %v", got, inputs)
 			}
-			if got := names(g.outputs); !equalStrings(got, outputs) {
+			if got := names(g.outputs); !slices.Equal(got, outputs) {
 				t.Errorf("outputs %v, want %v", got, outputs)
 			}
 			for _, n := range initializers {
@@ -113,16 +114,4 @@ func FuzzScanGraphIO(f *testing.F) {
 			t.Fatalf("scanner saw %d/%d inputs/outputs, protobuf %d/%d", len(g.inputs), len(g.outputs), len(m.GetGraph().GetInput()), len(m.GetGraph().GetOutput()))
 		}
 	})
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
