@@ -291,3 +291,61 @@ func TestCacheTwoProxiesShareRedis(t *testing.T) {
 		}
 	})
 }
+
+// silentRedis listens on a free loopback port, accepts connections and never
+// answers: a Redis that hangs. It returns its URL.
+func silentRedis(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return "redis://" + ln.Addr().String() + "/0"
+}
+
+// TestReadyWaitsForTheCache: the cache keys on the identity of the model
+// the plugin loaded, so it starts after the model; /health must not say ok
+// (and requests must not be taken) before it has, or requests in between
+// go uncached and undeduplicated. A hanging Redis makes the cache's start
+// take REDIS_TIMEOUT_MS or more, which widens that window to seconds: the
+// second of two identical requests sent as soon as /health says ok must
+// then come from the L1, not from the plugin.
+func TestReadyWaitsForTheCache(t *testing.T) {
+	requireRuntime(t)
+	dir := goldenModelDir(t, "tiny-bert")
+	env := []string{"REDIS_ENABLED=true", "REDIS_URL=" + silentRedis(t), "REDIS_TIMEOUT_MS=500"}
+
+	s := startServer(t, env, "--model", dir)
+	s.waitHealth(t, "ok")
+	base := scored(t, s)
+	cands := candidates("ready", 0, 3)
+	for range 2 {
+		if _, err := rerankScores(s, "capital of france", cands); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := scored(t, s) - base; got != 3 {
+		t.Fatalf("the plugin scored %d pairs for two identical requests of 3, want 3: the second was not cached", got)
+	}
+}

@@ -299,9 +299,19 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	// ---- CACHE STAGE (issue 5, proxy/internal/cache) ----
 	scoreCache := cache.NewStage(c.cache.config(logger.Named("cache")), next)
 	defer scoreCache.Close()
+	// cacheSettled holds readiness back until the cache has its model
+	// identity (or is known to be off): the stage passes pairs through
+	// uncached until then, and requests in that window would be scored
+	// without deduplication against the other proxies.
+	cacheSettled := make(chan struct{})
 	if c.cache.enabled() {
 		next = scoreCache
-		go startCache(ctx, scoreCache, sup, logger)
+		go func() {
+			defer close(cacheSettled)
+			startCache(ctx, scoreCache, sup, logger)
+		}()
+	} else {
+		close(cacheSettled)
 	}
 	sections["local_cache"] = func() any { return scoreCache.Stats().Local }
 	sections["distributed_cache"] = func() any { return scoreCache.Stats().Distributed }
@@ -312,7 +322,11 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 		Service: svc,
 		Status: func() api.Status {
 			st := sup.Status()
-			return api.Status{Ready: st.State == sdk.StateReady, Failed: st.State == sdk.StateFailed, Message: st.Message, Device: st.Device}
+			ready, msg := st.State == sdk.StateReady, st.Message
+			if ready && !settled(cacheSettled) {
+				ready, msg = false, "model loaded; starting the score cache"
+			}
+			return api.Status{Ready: ready, Failed: st.State == sdk.StateFailed, Message: msg, Device: st.Device}
 		},
 		Version:        version,
 		Timeout:        c.timeout,
@@ -330,12 +344,16 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	go func() {
-		select {
-		case <-sup.Ready():
-			st := sup.Status()
-			logger.Info("ready", "model", modelName, "device", st.Device, "addr", ln.Addr().String())
-		case <-ctx.Done():
+		// Ready is the model loaded and then the cache keyed on it.
+		for _, ch := range []<-chan struct{}{sup.Ready(), cacheSettled} {
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return
+			}
 		}
+		st := sup.Status()
+		logger.Info("ready", "model", modelName, "device", st.Device, "addr", ln.Addr().String())
 	}()
 
 	select {
@@ -382,5 +400,15 @@ func modelInfoSection(m *sdk.ModelInfo) *modelInfo {
 		Name: m.Name, Precision: string(m.Precision), Quantization: m.Quantization, Source: m.Source,
 		Backend: m.Backend, Device: m.Device, Revision: m.Revision, MaxLength: m.MaxLength,
 		Activation: m.Activation, PrecisionNote: m.Details["precision_note"], VariantFile: m.Details["variant_file"],
+	}
+}
+
+// settled reports whether ch is closed.
+func settled(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }

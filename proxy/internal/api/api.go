@@ -26,7 +26,8 @@ import (
 
 // Status is the model's state as /health and / report it.
 type Status struct {
-	// Ready is true once the backend has loaded the model.
+	// Ready is true once the backend has loaded the model and the stages
+	// in front of it (the score cache) are set up for it.
 	Ready bool
 	// Failed is true when loading failed and is not being retried.
 	Failed bool
