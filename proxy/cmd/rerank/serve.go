@@ -254,9 +254,29 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 		logger.Warn("serving a " + warning)
 	}
 
+	// The score cache keys on the identity of the model the plugin loaded,
+	// so the supervisor hands it every load (the first, and each after a
+	// restart) before it reports ready: no request reaches the model
+	// uncached, or cached under another model's identity. The stage is
+	// built after the supervisor, which the pipeline needs;
+	// pipelineBuilt orders the two.
+	var scoreCache *cache.Stage
+	pipelineBuilt := make(chan struct{})
+	onLoad := func(ctx context.Context, info sdk.ModelInfo) {
+		select {
+		case <-pipelineBuilt:
+		case <-ctx.Done():
+			return
+		}
+		if c.cache.enabled() {
+			startCache(scoreCache, info, logger)
+		}
+	}
+
 	// The backend client: the plugin process, its model loaded in the
 	// background after the model dir is resolved.
 	sup, err := backend.Start(backend.Config{
+		OnLoad:    onLoad,
 		Kind:      c.backend,
 		PluginDir: c.pluginDir,
 		Load: sdk.LoadConfig{
@@ -297,22 +317,12 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	// ---- END BATCH STAGE ----
 
 	// ---- CACHE STAGE (issue 5, proxy/internal/cache) ----
-	scoreCache := cache.NewStage(c.cache.config(logger.Named("cache")), next)
+	scoreCache = cache.NewStage(c.cache.config(logger.Named("cache")), next)
 	defer scoreCache.Close()
-	// cacheSettled holds readiness back until the cache has its model
-	// identity (or is known to be off): the stage passes pairs through
-	// uncached until then, and requests in that window would be scored
-	// without deduplication against the other proxies.
-	cacheSettled := make(chan struct{})
 	if c.cache.enabled() {
 		next = scoreCache
-		go func() {
-			defer close(cacheSettled)
-			startCache(ctx, scoreCache, sup, logger)
-		}()
-	} else {
-		close(cacheSettled)
 	}
+	close(pipelineBuilt)
 	sections["local_cache"] = func() any { return scoreCache.Stats().Local }
 	sections["distributed_cache"] = func() any { return scoreCache.Stats().Distributed }
 	// ---- END CACHE STAGE ----
@@ -322,11 +332,7 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 		Service: svc,
 		Status: func() api.Status {
 			st := sup.Status()
-			ready, msg := st.State == sdk.StateReady, st.Message
-			if ready && !settled(cacheSettled) {
-				ready, msg = false, "model loaded; starting the score cache"
-			}
-			return api.Status{Ready: ready, Failed: st.State == sdk.StateFailed, Message: msg, Device: st.Device}
+			return api.Status{Ready: st.State == sdk.StateReady, Failed: st.State == sdk.StateFailed, Message: st.Message, Device: st.Device}
 		},
 		Version:        version,
 		Timeout:        c.timeout,
@@ -344,16 +350,12 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	go func() {
-		// Ready is the model loaded and then the cache keyed on it.
-		for _, ch := range []<-chan struct{}{sup.Ready(), cacheSettled} {
-			select {
-			case <-ch:
-			case <-ctx.Done():
-				return
-			}
+		select {
+		case <-sup.Ready():
+			st := sup.Status()
+			logger.Info("ready", "model", modelName, "device", st.Device, "addr", ln.Addr().String())
+		case <-ctx.Done():
 		}
-		st := sup.Status()
-		logger.Info("ready", "model", modelName, "device", st.Device, "addr", ln.Addr().String())
 	}()
 
 	select {
@@ -400,15 +402,5 @@ func modelInfoSection(m *sdk.ModelInfo) *modelInfo {
 		Name: m.Name, Precision: string(m.Precision), Quantization: m.Quantization, Source: m.Source,
 		Backend: m.Backend, Device: m.Device, Revision: m.Revision, MaxLength: m.MaxLength,
 		Activation: m.Activation, PrecisionNote: m.Details["precision_note"], VariantFile: m.Details["variant_file"],
-	}
-}
-
-// settled reports whether ch is closed.
-func settled(ch <-chan struct{}) bool {
-	select {
-	case <-ch:
-		return true
-	default:
-		return false
 	}
 }

@@ -1,15 +1,14 @@
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/rerank-sidecar/rerank/proxy/internal/backend"
 	"github.com/rerank-sidecar/rerank/proxy/internal/cache"
+	"github.com/rerank-sidecar/rerank/sdk"
 )
 
 // cacheFlags are the serve flags of the score cache stage.
@@ -86,22 +85,12 @@ func (c *cacheFlags) validate() error {
 // enabled reports whether the cache stage belongs in the pipeline.
 func (c *cacheFlags) enabled() bool { return c.local || c.redis }
 
-// startCache starts the cache once the plugin has loaded the model, whose
-// identity the cache keys on; until then the stage passes pairs through.
-func startCache(ctx context.Context, stage *cache.Stage, sup *backend.Supervisor, logger hclog.Logger) {
-	select {
-	case <-sup.Ready():
-	case <-ctx.Done():
-		return
-	}
-	st := sup.Status()
-	if st.Model == nil {
-		logger.Error("score cache off: the backend reports no model")
-		return
-	}
-	if err := stage.Start(cache.IdentityOf(*st.Model)); err != nil {
+// startCache keys the cache on the model the plugin loaded; when the
+// cache cannot start it passes pairs through uncached.
+func startCache(stage *cache.Stage, m sdk.ModelInfo, logger hclog.Logger) {
+	if err := stage.Start(cache.IdentityOf(m)); err != nil {
 		logger.Error("score cache off", "error", err)
 		return
 	}
-	logger.Info("score cache on", "model", st.Model.Name, "revision", st.Model.Revision, "precision", st.Model.Precision)
+	logger.Info("score cache on", "model", m.Name, "revision", m.Revision, "precision", m.Precision)
 }

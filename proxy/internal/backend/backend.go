@@ -52,6 +52,12 @@ type Config struct {
 	// finished; while it runs the state is loading, and its error is a
 	// failed load.
 	Prepare func(ctx context.Context, load *sdk.LoadConfig) error
+	// OnLoad, when set, is called after every successful model load, the
+	// first and each one after a restart, before the supervisor reports
+	// ready and sends the plugin any pair: stages that key on the loaded
+	// model's identity (the score cache) set themselves up for it here. ctx
+	// ends when the supervisor is closed.
+	OnLoad func(ctx context.Context, info sdk.ModelInfo)
 	// Logger receives the supervisor's and the plugin's logs.
 	Logger hclog.Logger
 	// RestartDelay is the first wait before restarting a crashed plugin; it
@@ -361,6 +367,10 @@ func (s *Supervisor) start(kind string) error {
 		"precision", info.Precision, "source", info.Source, "revision", info.Revision,
 		"max_length", info.MaxLength, "max_batch_size", info.MaxBatchSize, "activation", info.Activation,
 		"load_time", time.Since(start).Round(time.Millisecond))
+	if s.cfg.OnLoad != nil {
+		s.setStatus(func(st *Status) { st.Message = "model loaded; setting up the stages in front of it" })
+		s.cfg.OnLoad(s.ctx, info)
+	}
 	s.mu.Lock()
 	s.client, s.backend = client, b
 	s.status.State, s.status.Message, s.status.Kind = sdk.StateReady, "", kind

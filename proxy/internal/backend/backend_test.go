@@ -235,6 +235,49 @@ func TestScoreCountsAndCrashRestart(t *testing.T) {
 	}
 }
 
+// TestOnLoadBeforeReady: OnLoad sees every load, the first and the one
+// after a crash, and the supervisor is ready only once it has returned.
+func TestOnLoadBeforeReady(t *testing.T) {
+	loads := make(chan sdk.ModelInfo)
+	release := make(chan struct{})
+	s, err := Start(Config{
+		Kind:         CPU,
+		PluginDir:    pluginDir(t, map[string]string{CPU: "ok"}),
+		Load:         sdk.LoadConfig{ModelDir: "/models/m", ModelName: "m"},
+		RestartDelay: time.Millisecond,
+		OnLoad: func(ctx context.Context, info sdk.ModelInfo) {
+			loads <- info
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for load := range 2 {
+		info := <-loads
+		if info.Name != "m" || info.Revision != "r1" {
+			t.Fatalf("load %d: OnLoad got %+v", load, info)
+		}
+		if st := s.Status(); st.State == sdk.StateReady {
+			t.Fatalf("load %d: ready while OnLoad runs: %+v", load, st)
+		}
+		if _, err := s.Score(context.Background(), []sdk.Pair{{Document: "a"}}); !errors.Is(err, sdk.ErrNotLoaded) {
+			t.Fatalf("load %d: Score while OnLoad runs = %v, want ErrNotLoaded", load, err)
+		}
+		release <- struct{}{}
+		waitFor(t, s, "ready", ready)
+		if load == 0 {
+			if _, err := s.Score(context.Background(), []sdk.Pair{{Document: "crash"}}); err == nil {
+				t.Fatal("Score on a crashing plugin succeeded")
+			}
+		}
+	}
+}
+
 func TestCloseKillsPlugin(t *testing.T) {
 	s := start(t, CPU, "", map[string]string{CPU: "ok"})
 	<-s.Ready()

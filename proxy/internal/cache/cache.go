@@ -20,6 +20,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -134,6 +136,15 @@ type Cache struct {
 	local   *local
 	remote  *remote
 	flights *flights
+
+	// users is read-locked by every request the Stage sends in, so that a
+	// replaced cache is closed only after them (ristretto must not be
+	// closed under a concurrent Set).
+	users sync.RWMutex
+	// retired is set when the Stage replaced this cache for another model
+	// identity: scores computed from then on may come from the new model,
+	// so they are not stored under this one's keys.
+	retired atomic.Bool
 }
 
 // maxJoins bounds how often a request waits for other requests' flights of
@@ -222,6 +233,13 @@ func (c *Cache) Close() error {
 		c.local.close()
 	}
 	return err
+}
+
+// closeWhenIdle closes the cache once no request holds it.
+func (c *Cache) closeWhenIdle() error {
+	c.users.Lock()
+	defer c.users.Unlock()
+	return c.Close()
 }
 
 // Stats returns the counters for /health.
@@ -506,6 +524,19 @@ func (c *Cache) compute(ctx context.Context, pairs []sdk.Pair, keys string, scor
 			_ = c.remote.release(bg, token, locked, locked)
 		}
 		return err
+	}
+	if c.retired.Load() {
+		// The model changed while these pairs were scored: they may be
+		// the new model's scores, which must not land under this
+		// identity. Answer them and store nothing.
+		if c.remote != nil && len(locked) > 0 {
+			_ = c.remote.release(bg, token, locked, locked)
+		}
+		for j, it := range items {
+			scores[it.i] = got[j]
+			c.flights.finish(keyAt(keys, it.i), it.f, got[j], true)
+		}
+		return nil
 	}
 	if c.remote != nil {
 		c.sharedKeys(pairs, items) // for the items that never went to Redis

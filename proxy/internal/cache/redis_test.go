@@ -515,3 +515,81 @@ func TestRedisModeFromURL(t *testing.T) {
 	f("redis://node1:7000?addr=node2:7000&addr=node3:7000", "", true, "*redis.ClusterClient")
 	f("redis://node1:7000", "cluster", true, "*redis.ClusterClient")
 }
+
+// gatedScorer holds every call until its gate is closed, and says when a
+// call has arrived.
+type gatedScorer struct {
+	next    Scorer
+	arrived chan struct{}
+	gate    chan struct{}
+}
+
+func (g *gatedScorer) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) {
+	g.arrived <- struct{}{}
+	<-g.gate
+	return g.next.Score(ctx, pairs)
+}
+
+// TestModelChangeMidRequest: the plugin comes back with other weights while
+// a request is being scored. The request is answered, its scores (which
+// may be the new model's) are stored under neither identity, the old cache
+// is closed only after the request left it, and the new identity starts
+// empty.
+func TestModelChangeMidRequest(t *testing.T) {
+	srv := startRedis(t)
+	next := newCounting("m")
+	gated := &gatedScorer{next: next, arrived: make(chan struct{}, 1), gate: make(chan struct{})}
+	s := NewStage(testConfig(srv.url()), gated)
+	defer s.Close()
+	if err := s.Start(testIdentity); err != nil {
+		t.Fatal(err)
+	}
+	old := s.cur.Load()
+	pairs := pairsOf("change", 0, 3)
+	done := make(chan []float32)
+	go func() {
+		got, err := s.Score(context.Background(), pairs)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- got
+	}()
+	<-gated.arrived
+	other := testIdentity
+	other.Revision = "sha256:ffff"
+	if err := s.Start(other); err != nil {
+		t.Fatal(err)
+	}
+	// While the request is in the old cache, the cache stays open. (The
+	// wait gives a wrong early close time to happen; a correct build
+	// passes however long it is.)
+	select {
+	case <-old.remote.stopped:
+		t.Fatal("the replaced cache was closed under a request")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(gated.gate)
+	checkScores(t, next, pairs, <-done)
+	if got := len(srv.keys(redisKeyPrefix + "*")); got != 0 {
+		t.Errorf("%d scores stored after the model changed under the request, want 0", got)
+	}
+	if got := len(srv.keys(lockKeyPrefix + "*")); got != 0 {
+		t.Errorf("%d locks left in Redis", got)
+	}
+	// The old cache is closed once the request has left it: its Redis
+	// subscription ends. The limit only stops a broken build from hanging.
+	select {
+	case <-old.remote.stopped:
+	case <-time.After(time.Minute):
+		t.Fatal("the replaced cache was never closed")
+	}
+	gated.arrived = make(chan struct{}, len(pairs))
+	checkScores(t, next, pairs, score(t, s, pairs))
+	if got := next.total(); got != 6 {
+		t.Fatalf("backend scored %d pairs, want 6: the new identity must not reuse the old one's", got)
+	}
+	checkScores(t, next, pairs, score(t, s, pairs))
+	if got := next.total(); got != 6 {
+		t.Fatalf("backend scored %d pairs, want 6: the new identity caches", got)
+	}
+}

@@ -30,7 +30,10 @@ func NewStage(cfg Config, next Scorer) *Stage {
 
 // Start begins caching for the model id. Starting again with the same
 // identity does nothing; with another (the plugin came back with other
-// weights) it replaces the cache, so no score crosses models.
+// weights) it replaces the cache, so no score crosses models. When the new
+// cache cannot be made the stage passes pairs through uncached rather than
+// keep the old identity's. A replaced cache is closed once the requests
+// still in it have finished, and stores nothing more meanwhile.
 func (s *Stage) Start(id Identity) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -44,19 +47,21 @@ func (s *Stage) Start(id Identity) error {
 		s.cfg.Logger.Warn("the backend reports no model revision: cached scores are keyed on the model name, precision and backend only")
 	}
 	c, err := New(s.cfg, id, s.next)
-	if err != nil {
-		return err
-	}
 	s.id = id
 	if old := s.cur.Swap(c); old != nil {
-		old.Close()
+		old.retired.Store(true)
+		go old.closeWhenIdle()
 	}
-	return nil
+	return err
 }
 
 // Score answers from the cache once started, else from the next stage.
 func (s *Stage) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) {
 	if c := s.cur.Load(); c != nil {
+		// The read lock keeps a replaced cache open until this request
+		// is done with it; closeWhenIdle waits for it.
+		c.users.RLock()
+		defer c.users.RUnlock()
 		return c.Score(ctx, pairs)
 	}
 	return s.next.Score(ctx, pairs)
@@ -71,13 +76,13 @@ func (s *Stage) Stats() Stats {
 	return Stats{Distributed: DistributedStats{Enabled: s.cfg.Redis.Enabled}}
 }
 
-// Close closes the cache.
+// Close closes the cache, once the requests in it have finished.
 func (s *Stage) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
 	if c := s.cur.Swap(nil); c != nil {
-		return c.Close()
+		return c.closeWhenIdle()
 	}
 	return nil
 }
