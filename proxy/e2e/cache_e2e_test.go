@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -347,5 +350,73 @@ func TestReadyWaitsForTheCache(t *testing.T) {
 	}
 	if got := scored(t, s) - base; got != 3 {
 		t.Fatalf("the plugin scored %d pairs for two identical requests of 3, want 3: the second was not cached", got)
+	}
+}
+
+// TestCacheNewWeightsAfterRestart: the model's files are replaced by other
+// weights and the plugin dies; the restarted plugin loads the new weights
+// under a new revision, and no score of the old weights is served from
+// either cache level: the repeated request is scored by the plugin again,
+// and differently.
+func TestCacheNewWeightsAfterRestart(t *testing.T) {
+	requireRuntime(t)
+	rds := startRedisServer(t)
+	dir := filepath.Join(t.TempDir(), "tiny-bert")
+	writeTestModel(t, "tiny-bert", dir, testModelSeed)
+	s := startServer(t, []string{"REDIS_ENABLED=true", "REDIS_URL=" + rds.url()}, "--model", dir)
+	s.waitHealth(t, "ok")
+	revision := func() any {
+		_, h := s.health(t)
+		return h.ModelInfo["revision"]
+	}
+	oldRevision := revision()
+	cands := candidates("weights", 0, 4)
+	before, err := rerankScores(s, "capital of france", cands)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := scored(t, s)
+	if _, err := rerankScores(s, "capital of france", cands); err != nil {
+		t.Fatal(err)
+	}
+	if got := scored(t, s); got != base {
+		t.Fatalf("the repeated request was scored by the plugin (%d pairs): the cache is off", got-base)
+	}
+
+	// New weights, written beside the model and renamed over it (the
+	// running plugin keeps reading the old file), then the plugin dies.
+	next := filepath.Join(t.TempDir(), "tiny-bert")
+	writeTestModel(t, "tiny-bert", next, testModelSeed+1)
+	if err := os.Rename(filepath.Join(next, "onnx", "model.onnx"), filepath.Join(dir, "onnx", "model.onnx")); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pluginPID(t, s.cmd.Process.Pid), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// The limit only stops a broken build from hanging.
+	for limit := time.Now().Add(3 * time.Minute); restarts(t, s) == 0 || !healthy(t, s); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(limit) {
+			t.Fatal("plugin never restarted")
+		}
+	}
+	if r := revision(); r == oldRevision {
+		t.Fatalf("revision %v unchanged after new weights", r)
+	}
+	base = scored(t, s)
+	after, err := rerankScores(s, "capital of france", cands)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := scored(t, s) - base; got != uint64(len(cands)) {
+		t.Fatalf("after new weights the plugin scored %d pairs, want %d: scores of the old weights were served from a cache", got, len(cands))
+	}
+	same := 0
+	for i, v := range after {
+		if v == before[i] {
+			same++
+		}
+	}
+	if same == len(cands) {
+		t.Fatalf("new weights scored %v, the same as the old", after)
 	}
 }

@@ -151,6 +151,16 @@ func modelDir(t testing.TB, name string) string {
 	if d, ok := modelDirs.Load(name); ok {
 		return d.(string)
 	}
+	dir := filepath.Join(binDir, "models", name)
+	writeTestModel(t, name, dir, testModelSeed)
+	modelDirs.Store(name, dir)
+	return dir
+}
+
+// writeTestModel writes the named test model with the weights of seed
+// into dir.
+func writeTestModel(t testing.TB, name, dir string, seed uint64) {
+	t.Helper()
 	m, ok := testModels[name]
 	if !ok {
 		t.Fatalf("no test model %q", name)
@@ -168,12 +178,9 @@ func modelDir(t testing.TB, name string) string {
 		t.Fatal(err)
 	}
 	c.Layers, c.Hidden, c.Heads, c.Intermediate = m.layers, m.hidden, m.heads, m.intermediate
-	dir := filepath.Join(binDir, "models", name)
-	if err := crossencoder.WriteModelDir(dir, c, crossencoder.RandomWeights(c, testModelSeed), tok, crossencoder.DirOptions{}); err != nil {
+	if err := crossencoder.WriteModelDir(dir, c, crossencoder.RandomWeights(c, seed), tok, crossencoder.DirOptions{}); err != nil {
 		t.Fatalf("write model %s: %v", name, err)
 	}
-	modelDirs.Store(name, dir)
-	return dir
 }
 
 // checkModelSHA fails when dir's model is not the one the golden was
