@@ -12,7 +12,8 @@
 // each part length-prefixed, so scores never cross models or precisions; the
 // in-process keys are 128-bit seeded hashes of the pair in a cache made for
 // one identity (see keyer). Errors, NaN and Inf scores and partial batches
-// are never cached.
+// are never cached. The serve command hands the Stage every model load, so
+// a plugin that comes back with other weights gets a fresh cache.
 package cache
 
 import (

@@ -71,6 +71,8 @@ func (s *Stage) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) 
 // distributed_cache.enabled saying whether Redis is configured.
 func (s *Stage) Stats() Stats {
 	if c := s.cur.Load(); c != nil {
+		c.users.RLock() // as in Score: not while a replaced cache closes
+		defer c.users.RUnlock()
 		return c.Stats()
 	}
 	return Stats{Distributed: DistributedStats{Enabled: s.cfg.Redis.Enabled}}
