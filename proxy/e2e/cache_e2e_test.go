@@ -159,7 +159,11 @@ func TestCacheTwoProxiesShareRedis(t *testing.T) {
 	requireRuntime(t)
 	rds := startRedisServer(t)
 	dir := goldenModelDir(t, "tiny-bert")
-	env := []string{"REDIS_ENABLED=true", "REDIS_URL=" + rds.url(), "REDIS_TIMEOUT_MS=200"}
+	// A generous Redis timeout: the CI machine is shared, and a call that
+	// timed out would (correctly) score its pairs without dedup, which the
+	// counts below would misread. Killing Redis refuses connections at
+	// once, so the kill does not wait for it.
+	env := []string{"REDIS_ENABLED=true", "REDIS_URL=" + rds.url(), "REDIS_TIMEOUT_MS=2000"}
 	a := startServer(t, env, "--model", dir)
 	b := startServer(t, env, "--model", dir)
 	a.waitHealth(t, "ok")
@@ -331,9 +335,9 @@ func silentRedis(t *testing.T) string {
 // the plugin loaded, so it starts after the model; /health must not say ok
 // (and requests must not be taken) before it has, or requests in between
 // go uncached and undeduplicated. A hanging Redis makes the cache's start
-// take REDIS_TIMEOUT_MS or more, which widens that window to seconds: the
-// second of two identical requests sent as soon as /health says ok must
-// then come from the L1, not from the plugin.
+// take REDIS_TIMEOUT_MS or more, which would widen such a window to half a
+// second: the second of two identical requests sent as soon as /health says
+// ok must come from the L1, not from the plugin.
 func TestReadyWaitsForTheCache(t *testing.T) {
 	requireRuntime(t)
 	dir := goldenModelDir(t, "tiny-bert")
