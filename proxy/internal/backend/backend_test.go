@@ -246,7 +246,11 @@ func TestOnLoadBeforeReady(t *testing.T) {
 		Load:         sdk.LoadConfig{ModelDir: "/models/m", ModelName: "m"},
 		RestartDelay: time.Millisecond,
 		OnLoad: func(ctx context.Context, info sdk.ModelInfo) {
-			loads <- info
+			select {
+			case loads <- info:
+			case <-ctx.Done():
+				return
+			}
 			select {
 			case <-release:
 			case <-ctx.Done():
