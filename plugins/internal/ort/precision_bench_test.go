@@ -35,9 +35,9 @@ type benchModel struct {
 // embedding table is small and the encoder dominates).
 var benchModels = []benchModel{
 	{"minilm", crossencoder.Config{Arch: crossencoder.ArchBERT, VocabSize: 30522, Hidden: 384, Layers: 6, Heads: 12, Intermediate: 1536,
-		MaxPositions: 512, TypeVocabSize: 2, PadTokenID: 0, NumLabels: 1, LayerNormEps: 1e-12}, bertTokenizer},
+		MaxPositions: 512, TypeVocabSize: 2, PadTokenID: 0, NumLabels: 1, LayerNormEps: 1e-12}, tokMsMarco},
 	{"xlmr12x768", crossencoder.Config{Arch: crossencoder.ArchXLMRoberta, VocabSize: 4002, Hidden: 768, Layers: 12, Heads: 12, Intermediate: 3072,
-		MaxPositions: 514, TypeVocabSize: 1, PadTokenID: 1, NumLabels: 1, LayerNormEps: 1e-5}, xlmrTokenizer},
+		MaxPositions: 514, TypeVocabSize: 1, PadTokenID: 1, NumLabels: 1, LayerNormEps: 1e-5}, tokXLMR},
 }
 
 // benchPrecisions are the precisions onnx-cpu executes.

@@ -20,23 +20,16 @@ import (
 	"github.com/rerank-sidecar/rerank/sdk/onnx/safetensors"
 )
 
-// Tokenizers of the test models, copied with their licence notes into the
-// model builder's testdata.
-var (
-	bertTokenizer = filepath.Join("..", "..", "..", "sdk", "onnx", "crossencoder", "testdata", "ms-marco-MiniLM-L6-v2", "tokenizer.json")
-	xlmrTokenizer = filepath.Join("..", "..", "..", "sdk", "onnx", "crossencoder", "testdata", "xlmr-synthetic", "tokenizer_classic.json")
-)
-
 // precisionConfig is a small cross-encoder whose linear layers (64×64 and
 // up) all reach convert.DefaultMinElements, so int8 quantizes every one but
 // the classifier's last, as it would in a real model.
 func precisionConfig(arch string) (crossencoder.Config, string) {
 	if arch == crossencoder.ArchXLMRoberta {
 		return crossencoder.Config{Arch: arch, VocabSize: 4002, Hidden: 64, Layers: 2, Heads: 4, Intermediate: 128,
-			MaxPositions: 130, TypeVocabSize: 1, PadTokenID: 1, NumLabels: 1, LayerNormEps: 1e-5}, xlmrTokenizer
+			MaxPositions: 130, TypeVocabSize: 1, PadTokenID: 1, NumLabels: 1, LayerNormEps: 1e-5}, tokXLMR
 	}
 	return crossencoder.Config{Arch: arch, VocabSize: 30522, Hidden: 64, Layers: 2, Heads: 4, Intermediate: 128,
-		MaxPositions: 128, TypeVocabSize: 2, PadTokenID: 0, NumLabels: 1, LayerNormEps: 1e-12}, bertTokenizer
+		MaxPositions: 128, TypeVocabSize: 2, PadTokenID: 0, NumLabels: 1, LayerNormEps: 1e-12}, tokMsMarco
 }
 
 // precisionPairs are varied pairs: lengths from a word to past the
