@@ -63,7 +63,7 @@ func runModels(args []string) int {
 			fs.Usage()
 			return 2
 		}
-		fmt.Println(c.Dir(pos[0]))
+		fmt.Println(c.Dir(pos[0], *revision))
 	case "list":
 		root := filepath.Join(*cacheDir, "models")
 		markers, _ := filepath.Glob(filepath.Join(root, "*", "*", ".rerank-complete.json"))

@@ -27,6 +27,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -40,6 +41,25 @@ var ErrOffline = errors.New("hub: model not available offline")
 // ErrChecksum means a downloaded file does not match the hub's checksum.
 var ErrChecksum = errors.New("hub: checksum mismatch")
 
+// ErrStalled means a download received no bytes for Client.IdleTimeout, on
+// every one of its attempts; the partial file is kept for the next pull to
+// resume.
+var ErrStalled = errors.New("hub: download stalled")
+
+// Defaults of the download's stall handling (see Client).
+const (
+	// DefaultIdleTimeout is how long a download may receive nothing before
+	// it is aborted and resumed: far beyond any pause of a healthy
+	// connection, short enough that a dead one is noticed within a minute.
+	DefaultIdleTimeout = 30 * time.Second
+	// DefaultAttempts is how many times one file is tried, resuming from
+	// its partial file each time, before the pull fails.
+	DefaultAttempts = 5
+	// DefaultRetryDelay is the wait before the second attempt; it doubles
+	// with each further one (1, 2, 4, 8 s: 15 s in all).
+	DefaultRetryDelay = time.Second
+)
+
 // Client downloads models into a cache directory.
 type Client struct {
 	// Endpoint is the hub's base URL.
@@ -52,6 +72,16 @@ type Client struct {
 	HTTP *http.Client
 	// Progress, when set, receives progress lines (a terminal progress bar).
 	Progress io.Writer
+	// IdleTimeout aborts a download that receives no bytes for this long;
+	// 0 means DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// Attempts is how many times a file is tried, each attempt resuming
+	// where the last one stopped, when its download breaks or stalls; 0
+	// means DefaultAttempts.
+	Attempts int
+	// RetryDelay is the wait before the second attempt, doubled for each
+	// further one; 0 means DefaultRetryDelay.
+	RetryDelay time.Duration
 }
 
 // DefaultCacheDir is RERANK_CACHE_DIR, else $XDG_CACHE_HOME/rerank, else
@@ -81,7 +111,8 @@ func NewClient(cacheDir string) *Client {
 		CacheDir: cacheDir,
 		Token:    os.Getenv("HF_TOKEN"),
 		// No overall timeout: model files are gigabytes; stalls are caught by
-		// the transport's response-header timeout and by ctx.
+		// the transport's response-header timeout and, mid-body, by
+		// IdleTimeout.
 		HTTP: &http.Client{Transport: &http.Transport{
 			Proxy:                 http.ProxyFromEnvironment,
 			ResponseHeaderTimeout: 30 * time.Second,
@@ -108,10 +139,20 @@ func ValidRepoID(id string) bool {
 	return true
 }
 
-// Dir is where repo id's files live in the cache.
-func (c *Client) Dir(id string) string {
-	return filepath.Join(c.CacheDir, "models", filepath.FromSlash(id))
+// Dir is where revision of repo id lives in the cache: models/ORG/NAME for
+// main (the default revision, and the place files put in by hand are looked
+// for), models/ORG/NAME@REVISION for any other, the revision path-escaped,
+// so that two revisions never share or shadow each other's files.
+func (c *Client) Dir(id, revision string) string {
+	d := filepath.Join(c.CacheDir, "models", filepath.FromSlash(id))
+	if revision == "" || revision == DefaultRevision {
+		return d
+	}
+	return d + "@" + url.PathEscape(revision)
 }
+
+// DefaultRevision is the revision used when none is given.
+const DefaultRevision = "main"
 
 // File is one file of a repo as the tree API lists it.
 type File struct {
@@ -235,19 +276,19 @@ func (c *Client) Pull(ctx context.Context, id, revision string) (string, error) 
 		return "", fmt.Errorf("hub: %q is not a repo id (want org/name)", id)
 	}
 	if revision == "" {
-		revision = "main"
+		revision = DefaultRevision
 	}
 	listing, err := c.List(ctx, id, revision)
 	if err != nil {
-		return "", c.offline(id, err)
+		return "", c.offline(id, revision, err)
 	}
 	files, err := Select(listing)
 	if err != nil {
 		return "", err
 	}
-	dir := c.Dir(id)
+	dir := c.Dir(id, revision)
 	for _, f := range files {
-		if err := c.fetch(ctx, id, revision, dir, f); err != nil {
+		if err := c.fetchRetrying(ctx, id, revision, dir, f); err != nil {
 			return "", err
 		}
 	}
@@ -257,11 +298,11 @@ func (c *Client) Pull(ctx context.Context, id, revision string) (string, error) 
 	return dir, nil
 }
 
-// Resolve returns a local model dir for id: a complete cached copy, or one
-// a person put in place by hand (see ErrOffline), when there is one, else a
-// fresh download.
+// Resolve returns a local model dir for id at revision: a complete cached
+// copy of that revision, or one a person put in place by hand (see
+// ErrOffline), when there is one, else a fresh download.
 func (c *Client) Resolve(ctx context.Context, id, revision string) (string, error) {
-	dir := c.Dir(id)
+	dir := c.Dir(id, revision)
 	if Complete(dir) || HasModelFiles(dir) {
 		return dir, nil
 	}
@@ -306,11 +347,11 @@ func writeMarker(dir, id, revision string, files []File) error {
 }
 
 // offline wraps a failed listing into ErrOffline with the manual steps.
-func (c *Client) offline(id string, cause error) error {
+func (c *Client) offline(id, revision string, cause error) error {
 	return fmt.Errorf("%w: %s is not in %s and the hub at %s cannot be reached (%v); "+
 		"put config.json, tokenizer.json and onnx/model.onnx (or model.safetensors) of %s into %s, "+
 		"or pass --model with a local model dir",
-		ErrOffline, id, c.CacheDir, c.Endpoint, cause, id, c.Dir(id))
+		ErrOffline, id, c.CacheDir, c.Endpoint, cause, id, c.Dir(id, revision))
 }
 
 func (c *Client) request(ctx context.Context, u string) (*http.Request, error) {
@@ -322,6 +363,66 @@ func (c *Client) request(ctx context.Context, u string) (*http.Request, error) {
 		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}
 	return req, nil
+}
+
+// fetchRetrying fetches f, trying again (resuming from the partial file)
+// after a broken or stalled download, up to c.Attempts times with a
+// doubling delay. A checksum mismatch or an HTTP error answer is not tried
+// again: the next attempt would get the same bytes.
+func (c *Client) fetchRetrying(ctx context.Context, id, revision, dir string, f File) error {
+	attempts, delay := c.Attempts, c.RetryDelay
+	if attempts <= 0 {
+		attempts = DefaultAttempts
+	}
+	if delay <= 0 {
+		delay = DefaultRetryDelay
+	}
+	for i := 1; ; i++ {
+		err := c.fetch(ctx, id, revision, dir, f)
+		var ie *interruptedError
+		if err == nil || !errors.As(err, &ie) || ctx.Err() != nil {
+			return err
+		}
+		if i >= attempts {
+			return fmt.Errorf("%w (gave up after %d attempts; run pull again to resume)", err, attempts)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("hub: download of %s: %w", f.Path, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
+}
+
+// interruptedError is a download that broke off or stalled mid-body: its
+// partial file is kept, and trying again resumes it.
+type interruptedError struct {
+	path string
+	err  error
+}
+
+func (e *interruptedError) Error() string {
+	return fmt.Sprintf("hub: download of %s interrupted: %v", e.path, e.err)
+}
+
+func (e *interruptedError) Unwrap() error { return e.err }
+
+// idleReader cancels its request when a Read returns nothing for timeout:
+// the transport's timeouts cover the connection and the response header,
+// not a body that stops arriving.
+type idleReader struct {
+	r       io.Reader
+	timer   *time.Timer
+	timeout time.Duration
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.timer.Reset(r.timeout)
+	}
+	return n, err
 }
 
 // fetch downloads one file into dir, resuming a .part file, and verifies it.
@@ -345,7 +446,16 @@ func (c *Client) fetch(ctx context.Context, id, revision, dir string, f File) er
 	}
 	if have < f.Size || f.Size == 0 {
 		u := fmt.Sprintf("%s/%s/resolve/%s/%s", c.Endpoint, id, url.PathEscape(revision), f.Path)
-		req, err := c.request(ctx, u)
+		idle := c.IdleTimeout
+		if idle <= 0 {
+			idle = DefaultIdleTimeout
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		var stalled atomic.Bool
+		timer := time.AfterFunc(idle, func() { stalled.Store(true); cancel() })
+		defer timer.Stop()
+		req, err := c.request(rctx, u)
 		if err != nil {
 			return err
 		}
@@ -354,6 +464,9 @@ func (c *Client) fetch(ctx context.Context, id, revision, dir string, f File) er
 		}
 		resp, err := c.HTTP.Do(req)
 		if err != nil {
+			if ctx.Err() == nil {
+				return &interruptedError{path: f.Path, err: err}
+			}
 			return fmt.Errorf("hub: cannot download %s: %w", f.Path, err)
 		}
 		defer resp.Body.Close()
@@ -364,6 +477,9 @@ func (c *Client) fetch(ctx context.Context, id, revision, dir string, f File) er
 		case http.StatusOK:
 			flags |= os.O_TRUNC
 			have = 0
+		case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			// The hub or a proxy in front of it is busy: worth another try.
+			return &interruptedError{path: f.Path, err: errors.New(resp.Status)}
 		default:
 			return fmt.Errorf("hub: cannot download %s: %s", f.Path, resp.Status)
 		}
@@ -372,13 +488,25 @@ func (c *Client) fetch(ctx context.Context, id, revision, dir string, f File) er
 			return fmt.Errorf("hub: %w", err)
 		}
 		bar := &progress{w: c.Progress, name: f.Path, total: f.Size, done: have}
-		_, err = io.Copy(out, io.TeeReader(resp.Body, bar))
+		timer.Reset(idle)
+		_, err = io.Copy(out, io.TeeReader(&idleReader{r: resp.Body, timer: timer, timeout: idle}, bar))
 		bar.finish()
-		if cerr := out.Close(); err == nil {
-			err = cerr
+		if cerr := out.Close(); err == nil && cerr != nil {
+			// The disk, not the connection: retrying will not help.
+			return fmt.Errorf("hub: cannot write %s: %w", part, cerr)
 		}
 		if err != nil {
-			return fmt.Errorf("hub: download of %s interrupted (run pull again to resume): %w", f.Path, err)
+			var pe *os.PathError
+			if errors.As(err, &pe) {
+				return fmt.Errorf("hub: cannot write %s: %w", part, err)
+			}
+			if stalled.Load() {
+				err = fmt.Errorf("%w: no data for %v", ErrStalled, idle)
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("hub: download of %s: %w", f.Path, ctx.Err())
+			}
+			return &interruptedError{path: f.Path, err: err}
 		}
 	}
 	if err := verify(part, f); err != nil {

@@ -11,9 +11,11 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,6 +24,7 @@ import (
 // fakeHub serves files in the Hugging Face URL layout: the tree API and
 // /{repo}/resolve/{revision}/{path}, with Range support (http.ServeContent).
 type fakeHub struct {
+	mu      sync.Mutex
 	repo    string
 	files   map[string][]byte
 	lfs     map[string]bool   // paths listed as LFS objects (sha256)
@@ -32,15 +35,30 @@ type fakeHub struct {
 	cut       map[string]bool
 	ranges    atomic.Int32
 	downloads atomic.Int32
+	// revisions are the files of revisions other than main.
+	revisions map[string]map[string][]byte
+	// stallAfter, when > 0, makes the first stalls downloads of each path
+	// send that many bytes and then nothing, keeping the connection open,
+	// as a stuck transfer does.
+	stallAfter int
+	stalls     int
+	stalled    map[string]int
 }
 
 func (h *fakeHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	treePrefix := "/api/models/" + h.repo + "/tree/main"
-	resolvePrefix := "/" + h.repo + "/resolve/main/"
+	treePrefix := "/api/models/" + h.repo + "/tree/"
+	resolvePrefix := "/" + h.repo + "/resolve/"
+	files := h.files
 	switch {
-	case r.URL.Path == treePrefix:
+	case strings.HasPrefix(r.URL.Path, treePrefix):
+		if rev := strings.TrimPrefix(r.URL.Path, treePrefix); rev != "main" {
+			if files = h.revisions[rev]; files == nil {
+				http.NotFound(w, r)
+				return
+			}
+		}
 		var entries []map[string]any
-		for p, b := range h.files {
+		for p, b := range files {
 			e := map[string]any{"type": "file", "path": p, "size": len(b)}
 			if h.lfs[p] {
 				sum := sha256.Sum256(b)
@@ -56,9 +74,15 @@ func (h *fakeHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		entries = append(entries, map[string]any{"type": "directory", "path": "onnx"})
 		json.NewEncoder(w).Encode(entries)
-	case strings.HasPrefix(r.URL.Path, resolvePrefix):
-		p := strings.TrimPrefix(r.URL.Path, resolvePrefix)
-		b, ok := h.files[p]
+	case strings.HasPrefix(r.URL.EscapedPath(), resolvePrefix):
+		// The revision is path-escaped (refs/pr/1 is refs%2Fpr%2F1).
+		rev, p, _ := strings.Cut(strings.TrimPrefix(r.URL.EscapedPath(), resolvePrefix), "/")
+		rev, _ = url.PathUnescape(rev)
+		p, _ = url.PathUnescape(p)
+		if rev != "main" {
+			files = h.revisions[rev]
+		}
+		b, ok := files[p]
 		if !ok {
 			http.NotFound(w, r)
 			return
@@ -69,6 +93,30 @@ func (h *fakeHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.downloads.Add(1)
 		if r.Header.Get("Range") != "" {
 			h.ranges.Add(1)
+		}
+		h.mu.Lock()
+		stall := h.stallAfter > 0 && h.stalled[p] < h.stalls && len(b) > h.stallAfter
+		if stall {
+			h.stalled[p]++
+		}
+		h.mu.Unlock()
+		if stall {
+			start := 0
+			if rng := r.Header.Get("Range"); rng != "" {
+				fmt.Sscanf(rng, "bytes=%d-", &start)
+			}
+			end := min(start+h.stallAfter, len(b))
+			w.Header().Set("Content-Length", fmt.Sprint(len(b)-start))
+			if start > 0 {
+				w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, len(b)-1, len(b)))
+				w.WriteHeader(http.StatusPartialContent)
+			} else {
+				w.WriteHeader(http.StatusOK)
+			}
+			w.Write(b[start:end])
+			w.(http.Flusher).Flush()
+			<-r.Context().Done() // nothing more until the client gives up
+			return
 		}
 		if h.cutAfter > 0 && !h.cut[p] && len(b) > h.cutAfter {
 			h.cut[p] = true
@@ -103,6 +151,7 @@ func newFakeHub(t *testing.T) (*fakeHub, *httptest.Server) {
 		lfs:     map[string]bool{"onnx/model.onnx": true},
 		corrupt: map[string][]byte{},
 		cut:     map[string]bool{},
+		stalled: map[string]int{},
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
@@ -159,10 +208,11 @@ func TestPullResumesAnInterruptedDownload(t *testing.T) {
 	h, srv := newFakeHub(t)
 	h.cutAfter = 300 << 10
 	c := newTestClient(srv, t.TempDir())
+	c.Attempts = 1 // this test resumes in a second pull
 	if _, err := c.Pull(context.Background(), h.repo, "main"); err == nil {
 		t.Fatal("pull over a dropped connection succeeded")
 	}
-	part := filepath.Join(c.Dir(h.repo), "onnx", "model.onnx.part")
+	part := filepath.Join(c.Dir(h.repo, "main"), "onnx", "model.onnx.part")
 	st, err := os.Stat(part)
 	if err != nil || st.Size() == 0 {
 		t.Fatalf("no partial file kept: %v", err)
@@ -192,10 +242,10 @@ func TestPullRejectsChecksumMismatch(t *testing.T) {
 		if !errors.Is(err, ErrChecksum) {
 			t.Fatalf("%s: err = %v, want ErrChecksum", path, err)
 		}
-		if _, err := os.Stat(filepath.Join(c.Dir(h.repo), filepath.FromSlash(path))); err == nil {
+		if _, err := os.Stat(filepath.Join(c.Dir(h.repo, "main"), filepath.FromSlash(path))); err == nil {
 			t.Fatalf("%s: a corrupt file was kept", path)
 		}
-		if Complete(c.Dir(h.repo)) {
+		if Complete(c.Dir(h.repo, "main")) {
 			t.Fatalf("%s: a failed pull is marked complete", path)
 		}
 	}
@@ -211,7 +261,7 @@ func TestOfflineNamesFilesAndPlace(t *testing.T) {
 	if !errors.Is(err, ErrOffline) {
 		t.Fatalf("err = %v, want ErrOffline", err)
 	}
-	for _, want := range []string{"config.json", "tokenizer.json", "onnx/model.onnx", c.Dir("BAAI/bge-reranker-v2-m3")} {
+	for _, want := range []string{"config.json", "tokenizer.json", "onnx/model.onnx", c.Dir("BAAI/bge-reranker-v2-m3", "main")} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("offline message lacks %q: %v", want, err)
 		}
@@ -275,7 +325,7 @@ func TestResolveUsesFilesPutInPlaceByHand(t *testing.T) {
 	srv := httptest.NewServer(http.NotFoundHandler())
 	srv.Close() // offline
 	c := newTestClient(srv, t.TempDir())
-	dir := c.Dir("BAAI/bge-reranker-v2-m3")
+	dir := c.Dir("BAAI/bge-reranker-v2-m3", "main")
 	for _, p := range []string{"config.json", "tokenizer.json", "onnx/model.onnx"} {
 		os.MkdirAll(filepath.Dir(filepath.Join(dir, p)), 0o755)
 		if err := os.WriteFile(filepath.Join(dir, p), []byte("{}"), 0o644); err != nil {
@@ -285,5 +335,85 @@ func TestResolveUsesFilesPutInPlaceByHand(t *testing.T) {
 	got, err := c.Resolve(context.Background(), "BAAI/bge-reranker-v2-m3", "main")
 	if err != nil || got != dir {
 		t.Fatalf("Resolve = %q, %v; want %q", got, err, dir)
+	}
+}
+
+// The revision is part of the cache path: a repo cached at main does not
+// answer a request for another revision (issue 13, failure 6: --revision was
+// ignored once any revision of the repo was cached).
+func TestRevisionHasItsOwnCacheDir(t *testing.T) {
+	h, srv := newFakeHub(t)
+	v2 := map[string][]byte{}
+	for p, b := range h.files {
+		v2[p] = b
+	}
+	v2["onnx/model.onnx"] = bytes.Repeat([]byte("fedcba9876543210"), 1<<10)
+	h.revisions = map[string]map[string][]byte{"v2": v2, "refs/pr/1": v2}
+	c := newTestClient(srv, t.TempDir())
+	mainDir, err := c.Resolve(context.Background(), h.repo, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rev := range []string{"v2", "refs/pr/1"} {
+		dir, err := c.Resolve(context.Background(), h.repo, rev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dir == mainDir || filepath.Dir(dir) != filepath.Dir(mainDir) {
+			t.Fatalf("revision %s resolved to %s (main is %s)", rev, dir, mainDir)
+		}
+		got, _ := os.ReadFile(filepath.Join(dir, "onnx", "model.onnx"))
+		if !bytes.Equal(got, v2["onnx/model.onnx"]) {
+			t.Fatalf("revision %s: served main's weights", rev)
+		}
+	}
+	got, _ := os.ReadFile(filepath.Join(mainDir, "onnx", "model.onnx"))
+	if !bytes.Equal(got, h.files["onnx/model.onnx"]) {
+		t.Fatal("main's weights were overwritten")
+	}
+}
+
+// A download that stops sending mid-body is aborted after IdleTimeout and
+// resumed with a Range request, and the pull succeeds (issue 13, failure 5:
+// a stalled body kept the server loading forever).
+func TestPullResumesAStalledDownload(t *testing.T) {
+	h, srv := newFakeHub(t)
+	h.stallAfter, h.stalls = 300<<10, 2
+	c := newTestClient(srv, t.TempDir())
+	c.IdleTimeout, c.RetryDelay = 200*time.Millisecond, 10*time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dir, err := c.Pull(ctx, h.repo, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.ranges.Load() == 0 {
+		t.Error("the stalled download was not resumed with a Range request")
+	}
+	got, _ := os.ReadFile(filepath.Join(dir, "onnx", "model.onnx"))
+	if !bytes.Equal(got, h.files["onnx/model.onnx"]) {
+		t.Fatal("resumed file differs from the original")
+	}
+}
+
+// A download that stalls on every attempt fails with ErrStalled, saying why,
+// and keeps its partial file for the next pull.
+func TestPullFailsAfterRepeatedStalls(t *testing.T) {
+	h, srv := newFakeHub(t)
+	h.stallAfter, h.stalls = 100<<10, 1000
+	c := newTestClient(srv, t.TempDir())
+	c.IdleTimeout, c.RetryDelay, c.Attempts = 100*time.Millisecond, 10*time.Millisecond, 3
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := c.Pull(ctx, h.repo, "main")
+	if !errors.Is(err, ErrStalled) || !strings.Contains(err.Error(), "3 attempts") {
+		t.Fatalf("err = %v, want ErrStalled after 3 attempts", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("the pull hung until the test's deadline")
+	}
+	st, err := os.Stat(filepath.Join(c.Dir(h.repo, "main"), "onnx", "model.onnx.part"))
+	if err != nil || st.Size() < 300<<10 {
+		t.Fatalf("partial file not kept across attempts: %v", err)
 	}
 }
