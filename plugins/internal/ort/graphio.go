@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 
@@ -14,11 +15,16 @@ import (
 
 // graphIO is what the engine needs to know about a graph before creating its
 // session: the declared inputs and outputs, and the initializer names (in IR
-// versions before 4 initializers are listed among the inputs too).
+// versions before 4 initializers are listed among the inputs too), and the
+// external data files the initializers are stored in.
 type graphIO struct {
 	inputs       []*onnxpb.ValueInfoProto
 	outputs      []*onnxpb.ValueInfoProto
 	initializers map[string]bool
+	// externalData are the "location" values of the initializers' external
+	// data (model.onnx_data, model.onnx.data, …): paths relative to the
+	// model file's directory, each listed once, in the order first met.
+	externalData []string
 }
 
 // Protobuf field numbers of the ONNX messages scanGraphIO walks (onnx.proto).
@@ -28,6 +34,7 @@ const (
 	fieldGraphInput       = 11
 	fieldGraphOutput      = 12
 	fieldTensorName       = 8
+	fieldTensorExternal   = 13 // repeated StringStringEntryProto external_data
 )
 
 // maxValueInfoBytes bounds one input/output description read into memory; a
@@ -184,11 +191,14 @@ func (w *wireReader) graph(g *graphIO, end int64) error {
 			return err
 		}
 		if field == fieldGraphInitializer {
-			name, err := w.tensorName(w.off + n)
+			name, location, err := w.tensor(w.off + n)
 			if err != nil {
 				return err
 			}
 			g.initializers[name] = true
+			if location != "" && !slices.Contains(g.externalData, location) {
+				g.externalData = append(g.externalData, location)
+			}
 			continue
 		}
 		b, err := w.bytes(n)
@@ -211,33 +221,42 @@ func (w *wireReader) graph(g *graphIO, end int64) error {
 	return nil
 }
 
-// tensorName walks a TensorProto ending at byte end and returns its name,
-// skipping its data.
-func (w *wireReader) tensorName(end int64) (string, error) {
-	name := ""
+// tensor walks a TensorProto ending at byte end and returns its name and
+// the location of its external data ("" when inline), skipping its data.
+func (w *wireReader) tensor(end int64) (name, location string, err error) {
 	for w.off < end {
 		field, wt, err := w.tag()
 		if err != nil {
-			return "", err
+			return "", "", err
 		}
-		if field == fieldTensorName && wt == wireBytes {
+		if (field == fieldTensorName || field == fieldTensorExternal) && wt == wireBytes {
 			n, err := w.length()
 			if err != nil {
-				return "", err
+				return "", "", err
 			}
 			b, err := w.bytes(n)
 			if err != nil {
-				return "", err
+				return "", "", err
 			}
-			name = string(b)
+			if field == fieldTensorName {
+				name = string(b)
+				continue
+			}
+			e := &onnxpb.StringStringEntryProto{}
+			if err := proto.Unmarshal(b, e); err != nil {
+				return "", "", fmt.Errorf("bad external data entry at byte %d: %v", w.off, err)
+			}
+			if e.GetKey() == "location" {
+				location = e.GetValue()
+			}
 			continue
 		}
 		if err := w.skip(wt); err != nil {
-			return "", err
+			return "", "", err
 		}
 	}
 	if w.off != end {
-		return "", fmt.Errorf("initializer overruns its length at byte %d", w.off)
+		return "", "", fmt.Errorf("initializer overruns its length at byte %d", w.off)
 	}
-	return name, nil
+	return name, location, nil
 }

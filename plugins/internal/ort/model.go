@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/rerank-sidecar/rerank/sdk"
 )
@@ -24,7 +26,9 @@ type modelFile struct {
 	Quantization string
 	// Source is where the weights came from, as sdk.ModelInfo.Source says.
 	Source string
-	// Revision is the sha256 of the file, hex encoded; set by inspect.
+	// Revision is the sha256 of the file, hex encoded, combined with the
+	// sha256 of each external data file the graph references when it has
+	// any; set by inspect.
 	Revision string
 	// Details are facts for ModelInfo.Details: the variant file used, the
 	// conversion cache entry, what a conversion did.
@@ -80,8 +84,10 @@ func resolveModel(cfg sdk.LoadConfig, p Provider) (modelFile, error) {
 	return withNote(mf, p), nil
 }
 
-// inspect reads the model file once: it hashes it into m.Revision and
-// returns the graph's declared inputs and outputs.
+// inspect reads the model file once: it hashes it, and every external data
+// file its graph references, into m.Revision and returns the graph's
+// declared inputs and outputs. New weights behind an unchanged graph are a
+// new revision, so nothing keyed on it (the score cache) outlives them.
 func (m *modelFile) inspect() (graphIO, error) {
 	f, err := os.Open(m.Path)
 	if err != nil {
@@ -93,8 +99,55 @@ func (m *modelFile) inspect() (graphIO, error) {
 	if err != nil {
 		return graphIO{}, fmt.Errorf("ort: %s is not a readable ONNX model: %v: %w", m.Path, err, sdk.ErrInvalidInput)
 	}
-	m.Revision = hex.EncodeToString(h.Sum(nil))
+	if len(gio.externalData) == 0 {
+		m.Revision = hex.EncodeToString(h.Sum(nil))
+		return gio, nil
+	}
+	// The graph's hash, then each data file's name and hash, in a fixed
+	// order.
+	id := sha256.New()
+	id.Write(h.Sum(nil))
+	locs := slices.Sorted(slices.Values(gio.externalData))
+	for _, loc := range locs {
+		sum, err := hashExternalData(filepath.Dir(m.Path), loc)
+		if err != nil {
+			return graphIO{}, err
+		}
+		fmt.Fprintf(id, "%s\x00%x\x00", loc, sum)
+	}
+	m.Revision = hex.EncodeToString(id.Sum(nil))
+	if m.Details == nil {
+		m.Details = map[string]string{}
+	}
+	m.Details["external_data"] = strings.Join(locs, ",")
 	return gio, nil
+}
+
+// externalDataPath is the file an external data location names: a path
+// relative to dir, which it must not leave (ONNX Runtime refuses the same).
+func externalDataPath(dir, loc string) (string, error) {
+	if loc == "" || filepath.IsAbs(loc) || !filepath.IsLocal(filepath.FromSlash(loc)) {
+		return "", fmt.Errorf("ort: external data location %q is outside the model directory: %w", loc, sdk.ErrInvalidInput)
+	}
+	return filepath.Join(dir, filepath.FromSlash(loc)), nil
+}
+
+// hashExternalData returns the sha256 of the external data file loc.
+func hashExternalData(dir, loc string) ([]byte, error) {
+	p, err := externalDataPath(dir, loc)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, fmt.Errorf("ort: the graph's external data %s: %v: %w", loc, err, sdk.ErrInvalidInput)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, fmt.Errorf("ort: cannot read external data %s: %w", p, err)
+	}
+	return h.Sum(nil), nil
 }
 
 // modelConfig is the part of a Hugging Face config.json the engine reads.

@@ -132,8 +132,8 @@ type sourceModel struct {
 	// kind is "onnx" or "safetensors", as ModelInfo.Source says.
 	kind string
 	// files are the files whose bytes decide the result, hashed into the
-	// cache key (the ONNX file and its external data, or the safetensors
-	// files and config.json).
+	// cache key (the ONNX file, whose external data cacheKey adds, or the
+	// safetensors files and config.json).
 	files []string
 	// onnxPath is the ONNX export, for kind "onnx".
 	onnxPath string
@@ -150,11 +150,9 @@ func findSource(dir string) (sourceModel, error) {
 			return sourceModel{}, err
 		}
 		if ok {
-			files := []string{path}
-			if ok, _ := isFile(path + "_data"); ok {
-				files = append(files, path+"_data")
-			}
-			return sourceModel{kind: "onnx", files: files, onnxPath: path}, nil
+			// cacheKey adds the external data files the graph
+			// references, whatever their names.
+			return sourceModel{kind: "onnx", files: []string{path}, onnxPath: path}, nil
 		}
 		tried = append(tried, path)
 	}
@@ -292,16 +290,34 @@ func buildSource(dir string, src sourceModel) (*onnxpb.ModelProto, error) {
 func cacheKey(src sourceModel, p sdk.Precision, reduceRange bool) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "rerank-convert %s\nort %s\nsource %s\nprecision %s\nreduce_range %v\n", converterVersion, Version, src.kind, p, reduceRange)
-	for _, path := range src.files {
+	files := slices.Clone(src.files)
+	for i := 0; i < len(files); i++ {
+		path := files[i]
 		f, err := os.Open(path)
 		if err != nil {
 			return "", fmt.Errorf("ort: cannot read %s: %v: %w", path, err, sdk.ErrInvalidInput)
 		}
 		fmt.Fprintf(h, "file %s\n", filepath.Base(path))
-		_, err = io.Copy(h, f)
+		if path == src.onnxPath {
+			// The graph is scanned as it is hashed: every external
+			// data file it references (model.onnx_data,
+			// model.onnx.data, …) decides the result too.
+			var gio graphIO
+			gio, err = scanGraphIO(io.TeeReader(f, h))
+			for _, loc := range slices.Sorted(slices.Values(gio.externalData)) {
+				p, perr := externalDataPath(filepath.Dir(path), loc)
+				if perr != nil {
+					f.Close()
+					return "", perr
+				}
+				files = append(files, p)
+			}
+		} else {
+			_, err = io.Copy(h, f)
+		}
 		f.Close()
 		if err != nil {
-			return "", fmt.Errorf("ort: cannot read %s: %w", path, err)
+			return "", fmt.Errorf("ort: cannot read %s: %v: %w", path, err, sdk.ErrInvalidInput)
 		}
 	}
 	// 16 bytes of sha256 name the entry: collisions stay out of reach and

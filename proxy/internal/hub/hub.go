@@ -241,7 +241,9 @@ func Select(files []File) ([]File, error) {
 	for _, p := range []string{"onnx/model.onnx", "model.onnx"} {
 		if add(p) {
 			weights = true
+			// The external weights, under either name exporters use.
 			add(p + "_data")
+			add(p + ".data")
 			break
 		}
 	}

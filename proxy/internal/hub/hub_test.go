@@ -300,6 +300,8 @@ func TestSelect(t *testing.T) {
 	f([]string{"config.json", "tokenizer.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"},
 		"config.json,model-00001-of-00002.safetensors,model-00002-of-00002.safetensors,model.safetensors.index.json,tokenizer.json", "")
 	f([]string{"config.json", "onnx/model.onnx", "onnx/model.onnx_data"}, "", "tokenizer.json")
+	f([]string{"config.json", "tokenizer.json", "onnx/model.onnx", "onnx/model.onnx_data"}, "config.json,onnx/model.onnx,onnx/model.onnx_data,tokenizer.json", "")
+	f([]string{"config.json", "tokenizer.json", "onnx/model.onnx", "onnx/model.onnx.data"}, "config.json,onnx/model.onnx,onnx/model.onnx.data,tokenizer.json", "")
 	f([]string{"config.json", "tokenizer.json", "pytorch_model.bin"}, "", "onnx/model.onnx or model.safetensors")
 }
 
