@@ -32,8 +32,10 @@ import (
 //   - cpu: fp32; fp16 (MatMul, Gemm, LayerNormalization, Gather and the
 //     data-movement ops have fp16 kernels; ONNX Runtime inserts casts to fp32
 //     around the element-wise ops, so weights stay half and the result is
-//     correct, but it is not faster than fp32); int8 (DynamicQuantizeMatMul
-//     with MLAS integer kernels). bf16 has no CPU kernels at all beyond
+//     correct, but it is not faster than fp32); int8 (DynamicQuantizeLinear
+//     and MatMulIntegerToFloat, which ONNX Runtime fuses into
+//     DynamicQuantizeMatMul where a quantized input has one reader; MLAS
+//     integer kernels). bf16 has no CPU kernels at all beyond
 //     Cast, Gather and shape ops, so sessions fail to build.
 //   - cuda: fp32, fp16, bf16 (the CUDA provider registers MatMul, Gemm,
 //     LayerNormalization, Softmax and the element-wise ops for both). int8
@@ -118,7 +120,7 @@ func quantizationName(p sdk.Precision, reduceRange bool) string {
 // converterVersion is part of every conversion cache key: bump it when a
 // conversion pass changes what it writes, so stale cache entries are not
 // reused.
-const converterVersion = "1"
+const converterVersion = "2"
 
 // int8ReduceRange reports whether int8 weights must be 7-bit on this CPU:
 // x86-64 without VNNI multiplies uint8×int8 with VPMADDUBSW, whose int16

@@ -3,6 +3,7 @@ package ort
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -406,5 +407,36 @@ func TestConversionFailures(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(root); len(left) != 0 {
 		t.Fatalf("failed write left %v", left)
+	}
+}
+
+// TestInt8OpByOpExport quantizes the independent, exporter-style graph of
+// the same model (crossencoder.AsOpByOpExport: no node names, LayerNorm op
+// by op, "onnx::MatMul_N" weights) and checks that its fp32 scores match
+// the builder's graph and its int8 scores stay within the int8 bounds.
+func TestInt8OpByOpExport(t *testing.T) {
+	requireRuntime(t)
+	for _, arch := range []string{crossencoder.ArchBERT, crossencoder.ArchXLMRoberta} {
+		cfg, tok := precisionConfig(arch)
+		w := crossencoder.RandomWeights(cfg, 9)
+		plain := writeONNXDir(t, cfg, w, tok)
+		exported := t.TempDir()
+		if err := crossencoder.WriteModelDir(exported, cfg, w, tok, crossencoder.DirOptions{OpByOp: true}); err != nil {
+			t.Fatal(err)
+		}
+		_, ref := loadAndScore(t, sdk.LoadConfig{ModelDir: plain})
+		_, fp32 := loadAndScore(t, sdk.LoadConfig{ModelDir: exported})
+		// 1e-5: the same network, LayerNorm rounded in another order.
+		if maxAbs, _ := deviation(fp32, ref); maxAbs > 1e-5 {
+			t.Fatalf("%s: op-by-op graph deviates %g from the builder's at fp32", arch, maxAbs)
+		}
+		info, got := loadAndScore(t, sdk.LoadConfig{ModelDir: exported, Precision: sdk.INT8, CacheDir: t.TempDir()})
+		if info.Details["int8_matmuls"] != fmt.Sprint(6*cfg.Layers) {
+			t.Fatalf("%s: details %v", arch, info.Details)
+		}
+		maxAbs, mean := deviation(got, ref)
+		if maxAbs > 0.2 || mean > 0.05 || maxAbs == 0 {
+			t.Fatalf("%s: int8 of the op-by-op graph deviates max %g mean %g from fp32", arch, maxAbs, mean)
+		}
 	}
 }

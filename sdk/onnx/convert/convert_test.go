@@ -200,7 +200,7 @@ func cloneModel(t *testing.T, m *onnxpb.ModelProto) *onnxpb.ModelProto {
 }
 
 func TestInt8(t *testing.T) {
-	f := func(arch string, opt Int8Options, wantMatMuls, wantEmbeddings int) {
+	f := func(arch string, opt Int8Options, wantMatMuls, wantQuantizers, wantEmbeddings int) {
 		t.Helper()
 		m := tinyModel(t, arch)
 		orig := cloneModel(t, m)
@@ -209,8 +209,8 @@ func TestInt8(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkWellFormed(t, m)
-		if st.MatMuls != wantMatMuls || st.Embeddings != wantEmbeddings {
-			t.Fatalf("%s: stats %+v, want %d matmuls %d embeddings", arch, st, wantMatMuls, wantEmbeddings)
+		if st.MatMuls != wantMatMuls || st.Quantizers != wantQuantizers || st.Embeddings != wantEmbeddings {
+			t.Fatalf("%s: stats %+v, want %d matmuls %d quantizers %d embeddings", arch, st, wantMatMuls, wantQuantizers, wantEmbeddings)
 		}
 		if st.WeightBytesAfter >= st.WeightBytesBefore/2 {
 			t.Fatalf("%s: weights %d → %d bytes", arch, st.WeightBytesBefore, st.WeightBytesAfter)
@@ -219,7 +219,11 @@ func TestInt8(t *testing.T) {
 		for _, n := range m.GetGraph().GetNode() {
 			ops[n.GetOpType()]++
 		}
-		if ops["DynamicQuantizeMatMul"] != wantMatMuls || ops["MatMul"] != 2*tinyConfig(arch).Layers+2 {
+		kernel := "MatMulIntegerToFloat"
+		if opt.Kernel == KernelDynamicQuantizeMatMul {
+			kernel = "DynamicQuantizeMatMul"
+		}
+		if ops[kernel] != wantMatMuls || ops["DynamicQuantizeLinear"] != wantQuantizers || ops["MatMul"] != 2*tinyConfig(arch).Layers+2 {
 			t.Fatalf("%s: ops %v", arch, ops)
 		}
 		// Dequantized weights are within half a step of the originals.
@@ -258,11 +262,13 @@ func TestInt8(t *testing.T) {
 			t.Fatalf("%s: fp32 original of %s kept", arch, name)
 		}
 	}
-	// Per layer: q, k, v, attention output, intermediate, output = 6; the
-	// head's two linear layers stay fp32.
-	f(crossencoder.ArchBERT, Int8Options{}, 2*6, 2)
-	f(crossencoder.ArchXLMRoberta, Int8Options{ReduceRange: true}, 2*6, 2)
-	f(crossencoder.ArchBERT, Int8Options{KeepEmbeddings: true}, 2*6, 0)
+	// Per layer: q, k, v, attention output, intermediate, output = 6
+	// MatMuls, reading 4 distinct activations (q, k and v share the
+	// layer's input); the head's two linear layers stay fp32.
+	f(crossencoder.ArchBERT, Int8Options{}, 2*6, 2*4, 2)
+	f(crossencoder.ArchXLMRoberta, Int8Options{ReduceRange: true}, 2*6, 2*4, 2)
+	f(crossencoder.ArchBERT, Int8Options{KeepEmbeddings: true}, 2*6, 2*4, 0)
+	f(crossencoder.ArchBERT, Int8Options{Kernel: KernelDynamicQuantizeMatMul}, 2*6, 0, 2)
 }
 
 func TestErrors(t *testing.T) {
@@ -317,9 +323,12 @@ func TestInt8Gemm(t *testing.T) {
 		t.Fatalf("Int8: %+v, %v", st, err)
 	}
 	checkWellFormed(t, m)
-	node := m.GetGraph().GetNode()[0]
-	if node.GetOpType() != "DynamicQuantizeMatMul" || len(node.GetInput()) != 5 || node.GetInput()[4] != "c" {
-		t.Fatalf("first node %v", node)
+	dql, node := m.GetGraph().GetNode()[0], m.GetGraph().GetNode()[1]
+	if dql.GetOpType() != "DynamicQuantizeLinear" || dql.GetInput()[0] != "x" || len(dql.GetOutput()) != 3 {
+		t.Fatalf("first node %v", dql)
+	}
+	if node.GetOpType() != "MatMulIntegerToFloat" || len(node.GetInput()) != 7 || node.GetInput()[6] != "c" || node.GetInput()[0] != dql.GetOutput()[0] {
+		t.Fatalf("second node %v", node)
 	}
 	q := initializer(m, "w/int8")
 	scales, err := onnx.Floats(initializer(m, "w/scale"))

@@ -29,6 +29,9 @@ type DirOptions struct {
 	SpecialTokensMap string
 	// Write adjusts how onnx/model.onnx is written (external data).
 	Write onnx.WriteOptions
+	// OpByOp writes the graph as AsOpByOpExport rewrites it: unnamed
+	// nodes, LayerNorm spelled out op by op, exporter-style weight names.
+	OpByOp bool
 }
 
 // seeded is implemented by the weights of RandomWeights.
@@ -53,6 +56,11 @@ func WriteModelDir(dir string, c Config, w Weights, tokenizerJSON string, opt Di
 	m, err := Build(c, w)
 	if err != nil {
 		return err
+	}
+	if opt.OpByOp {
+		if err := AsOpByOpExport(m); err != nil {
+			return err
+		}
 	}
 	var extra map[string]any
 	if s, ok := w.(seeded); ok {
