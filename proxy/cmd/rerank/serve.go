@@ -327,7 +327,8 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	sections["distributed_cache"] = func() any { return scoreCache.Stats().Distributed }
 	// ---- END CACHE STAGE ----
 
-	svc := rerank.New(next, rerank.Limits{MaxCandidates: c.maxCandidates, MaxCandidateChars: c.maxCandidateChars}, modelName)
+	router := readyRouter{Router: rerank.Single(modelName, next), sup: sup}
+	svc := rerank.New(router, rerank.Limits{MaxCandidates: c.maxCandidates, MaxCandidateChars: c.maxCandidateChars}, modelName)
 	srv := api.New(api.Config{
 		Service: svc,
 		Status: func() api.Status {
@@ -373,6 +374,22 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	}
 	<-served
 	return nil
+}
+
+// readyRouter routes to the one served model, refusing while its plugin is
+// not ready (loading, restarting or failed): such requests are answered 503
+// at once, as the seed server did.
+type readyRouter struct {
+	rerank.Router
+	sup *backend.Supervisor
+}
+
+func (r readyRouter) Route(ctx context.Context, name string) (rerank.Scorer, string, error) {
+	next, model, err := r.Router.Route(ctx, name)
+	if err == nil && r.sup.Status().State != sdk.StateReady {
+		return nil, model, fmt.Errorf("serve: %s: %w", model, sdk.ErrNotLoaded)
+	}
+	return next, model, err
 }
 
 // modelInfo is /health's "model_info": what the plugin actually loaded. The

@@ -77,9 +77,11 @@ const retryAfterSeconds = "1"
 
 // Server answers the HTTP API.
 type Server struct {
-	cfg       Config
-	sections  []string
-	modelJSON []byte // the model name as a JSON string, encoded once
+	cfg      Config
+	sections []string
+	// modelJSON maps a model's canonical name to its JSON encoding, so that
+	// an answer is not encoded through encoding/json for it each time.
+	modelJSON sync.Map
 	srv       *fasthttp.Server
 }
 
@@ -95,9 +97,6 @@ func New(cfg Config) *Server {
 		cfg.Status = func() Status { return Status{Ready: true} }
 	}
 	s := &Server{cfg: cfg}
-	if cfg.Service != nil {
-		s.modelJSON = appendJSON(nil, cfg.Service.ModelName())
-	}
 	for name := range cfg.HealthSections {
 		s.sections = append(s.sections, name)
 	}
@@ -192,33 +191,36 @@ func (s *Server) rerank(ctx *fasthttp.RequestCtx) {
 		s.writeError(ctx, err)
 		return
 	}
-	if !s.cfg.Status().Ready {
-		writeDetail(ctx, fasthttp.StatusServiceUnavailable, "Model not loaded")
-		return
-	}
-	if err := s.cfg.Service.Validate(req); err != nil {
-		s.writeError(ctx, err)
-		return
-	}
-	if len(req.Candidates) == 0 {
-		s.writeResults(ctx, nil, 0)
-		return
-	}
 	rctx, cancel := context.Background(), context.CancelFunc(func() {})
 	if s.cfg.Timeout > 0 {
 		rctx, cancel = context.WithTimeout(rctx, s.cfg.Timeout)
 	}
-	results, err := s.cfg.Service.Rerank(rctx, req)
+	resp, err := s.cfg.Service.Rerank(rctx, req)
 	cancel()
 	if err != nil {
 		s.writeError(ctx, err)
 		return
 	}
-	s.writeResults(ctx, results, time.Since(start))
+	elapsed := time.Since(start)
+	if len(req.Candidates) == 0 {
+		// Nothing was scored: the seed server reported 0.0.
+		elapsed = 0
+	}
+	s.writeResults(ctx, resp.Results, resp.Model, elapsed)
+}
+
+// modelNameJSON returns name encoded as a JSON string.
+func (s *Server) modelNameJSON(name string) []byte {
+	if b, ok := s.modelJSON.Load(name); ok {
+		return b.([]byte)
+	}
+	b := appendJSON(nil, name)
+	s.modelJSON.Store(name, b)
+	return b
 }
 
 // writeResults writes the 200 answer; elapsed 0 is written as 0.0.
-func (s *Server) writeResults(ctx *fasthttp.RequestCtx, results []rerank.Result, elapsed time.Duration) {
+func (s *Server) writeResults(ctx *fasthttp.RequestCtx, results []rerank.Result, model string, elapsed time.Duration) {
 	bp := responseBuffers.Get().(*[]byte)
 	defer responseBuffers.Put(bp)
 	b := append((*bp)[:0], `{"results":[`...)
@@ -233,7 +235,7 @@ func (s *Server) writeResults(ctx *fasthttp.RequestCtx, results []rerank.Result,
 		b = append(b, '}')
 	}
 	b = append(b, `],"model":`...)
-	b = append(b, s.modelJSON...)
+	b = append(b, s.modelNameJSON(model)...)
 	b = append(b, `,"processing_time_ms":`...)
 	// Milliseconds rounded to two decimals, as the Python server did.
 	ms := math.Round(float64(elapsed.Microseconds())/10) / 100
@@ -305,7 +307,14 @@ func (s *Server) root(ctx *fasthttp.RequestCtx) {
 // the one place in the server where errors become status codes.
 func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
 	var ve *rerank.ValidationError
+	var um *rerank.UnknownModelError
 	switch {
+	case errors.As(err, &um):
+		// The seed server refused a model it did not serve as a pydantic
+		// validation error of the body's "model" field.
+		s.writeError(ctx, &rerank.ValidationError{Fields: []rerank.FieldError{{
+			Type: "value_error", Loc: []any{"body", "model"}, Msg: um.Error(), Input: um.Name,
+		}}})
 	case errors.As(err, &ve):
 		b := append([]byte(`{"detail":`), appendJSON(nil, ve.Fields)...)
 		b = append(b, '}')

@@ -23,7 +23,7 @@ func BenchmarkRerankHandler(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	svc := rerank.New(&fakeScorer{scores: map[string]float32{}}, rerank.Limits{MaxCandidates: 200, MaxCandidateChars: 4000}, "m")
+	svc := rerank.New(rerank.Single("m", &fakeScorer{scores: map[string]float32{}}), rerank.Limits{MaxCandidates: 200, MaxCandidateChars: 4000}, "m")
 	s := New(Config{Service: svc})
 	var ctx fasthttp.RequestCtx
 	ctx.Request.Header.SetMethod("POST")

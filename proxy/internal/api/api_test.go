@@ -51,7 +51,7 @@ func (f *fakeScorer) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, er
 func testServer(t *testing.T, cfg Config) *http.Client {
 	t.Helper()
 	if cfg.Service == nil {
-		cfg.Service = rerank.New(&fakeScorer{}, rerank.Limits{MaxCandidates: 4, MaxCandidateChars: 10}, "org/test-model")
+		cfg.Service = rerank.New(rerank.Single("org/test-model", &fakeScorer{}), rerank.Limits{MaxCandidates: 4, MaxCandidateChars: 10}, "org/test-model")
 	}
 	if cfg.Version == "" {
 		cfg.Version = "v-test"
@@ -98,7 +98,7 @@ func do(t *testing.T, c *http.Client, method, path, body string) response {
 
 func TestRerankSuccess(t *testing.T) {
 	scorer := &fakeScorer{scores: map[string]float32{"a": 0.25, "b": 0.75, "c": 0.5, "<&>": 0.1}}
-	svc := rerank.New(scorer, rerank.Limits{MaxCandidates: 4, MaxCandidateChars: 10}, "org/test-model")
+	svc := rerank.New(rerank.Single("org/test-model", scorer), rerank.Limits{MaxCandidates: 4, MaxCandidateChars: 10}, "org/test-model")
 	c := testServer(t, Config{Service: svc})
 	f := func(body, wantResults string) {
 		t.Helper()
@@ -196,6 +196,54 @@ func TestRerankValidationErrors(t *testing.T) {
 	g(`{"query":"q","candidates":["a"`, "json_invalid", "JSON decode error")
 }
 
+// notLoaded routes every name to a model that is loading.
+type notLoaded struct{}
+
+func (notLoaded) Route(context.Context, string) (rerank.Scorer, string, error) {
+	return nil, "", fmt.Errorf("models: m is loading: %w", sdk.ErrNotLoaded)
+}
+
+// twoModels routes "a" and "b" to their own scorers.
+type twoModels struct{ a, b rerank.Scorer }
+
+func (m twoModels) Route(_ context.Context, name string) (rerank.Scorer, string, error) {
+	switch name {
+	case "", "a":
+		return m.a, "org/a", nil
+	case "b":
+		return m.b, "org/b", nil
+	}
+	return nil, "", &rerank.UnknownModelError{Name: name, Served: []string{"org/a", "org/b"}}
+}
+
+func TestRerankRouting(t *testing.T) {
+	a := &fakeScorer{scores: map[string]float32{"x": 0.5}}
+	b := &fakeScorer{scores: map[string]float32{"x": 0.25}}
+	svc := rerank.New(twoModels{a: a, b: b}, rerank.Limits{MaxCandidates: 4, MaxCandidateChars: 10}, "org/a")
+	c := testServer(t, Config{Service: svc})
+	f := func(body string, wantCode int, want string) {
+		t.Helper()
+		r := do(t, c, "POST", "/v1/rerank", body)
+		if r.code != wantCode || !strings.HasPrefix(r.body, want) {
+			t.Fatalf("POST %s:\n got %d %s\nwant %d %s…", body, r.code, r.body, wantCode, want)
+		}
+	}
+	f(`{"query":"q","candidates":["x"]}`, 200, `{"results":[{"index":0,"score":0.5}],"model":"org/a",`)
+	f(`{"query":"q","candidates":["x"],"model":"b"}`, 200, `{"results":[{"index":0,"score":0.25}],"model":"org/b",`)
+	f(`{"query":"q","candidates":[],"model":"b"}`, 200, `{"results":[],"model":"org/b","processing_time_ms":0.0}`)
+	// An unknown model is a validation error of "model", as the seed
+	// server's, naming the served models.
+	f(`{"query":"q","candidates":["x"],"model":"c"}`, 422,
+		`{"detail":[{"type":"value_error","loc":["body","model"],"msg":"unsupported model \"c\": this server serves \"org/a\", \"org/b\"","input":"c"}]}`)
+
+	// A model that cannot serve yet is 503, before the limits are checked.
+	c = testServer(t, Config{Service: rerank.New(notLoaded{}, rerank.Limits{MaxCandidates: 1, MaxCandidateChars: 10}, "m")})
+	r := do(t, c, "POST", "/v1/rerank", `{"query":"q","candidates":["a","b"]}`)
+	if r.code != 503 || r.body != `{"detail":"Model not loaded"}` {
+		t.Fatalf("rerank while loading: %d %s", r.code, r.body)
+	}
+}
+
 func TestRoutesAndMethods(t *testing.T) {
 	c := testServer(t, Config{})
 	f := func(method, path string, wantCode int, wantBody, wantAllow string) {
@@ -230,7 +278,7 @@ func TestBodyLimit(t *testing.T) {
 func TestErrorMapping(t *testing.T) {
 	f := func(err error, wantCode int, wantBody, wantRetryAfter string) {
 		t.Helper()
-		svc := rerank.New(&fakeScorer{err: err}, rerank.Limits{MaxCandidates: 4, MaxCandidateChars: 10}, "m")
+		svc := rerank.New(rerank.Single("m", &fakeScorer{err: err}), rerank.Limits{MaxCandidates: 4, MaxCandidateChars: 10}, "m")
 		c := testServer(t, Config{Service: svc})
 		r := do(t, c, "POST", "/v1/rerank", `{"query":"q","candidates":["a"]}`)
 		if r.code != wantCode || r.body != wantBody || r.header.Get("Retry-After") != wantRetryAfter {
@@ -241,13 +289,13 @@ func TestErrorMapping(t *testing.T) {
 	f(fmt.Errorf("backend: %w", sdk.ErrNotLoaded), 503, `{"detail":"Model not loaded"}`, "")
 	f(fmt.Errorf("backend: plugin exited: %w", sdk.ErrUnavailable), 503, `{"detail":"Model not loaded"}`, "")
 	f(fmt.Errorf("plugin: %w", context.DeadlineExceeded), 504, `{"detail":"Rerank inference timed out"}`, "")
-	f(fmt.Errorf("plugin: cannot encode: %w", sdk.ErrInvalidInput), 422, `{"detail":"rerank: scoring 1 pairs: plugin: cannot encode: invalid input"}`, "")
+	f(fmt.Errorf("plugin: cannot encode: %w", sdk.ErrInvalidInput), 422, `{"detail":"rerank: scoring 1 pairs on m: plugin: cannot encode: invalid input"}`, "")
 	f(errors.New("plugin: boom"), 500, `{"detail":"Internal Server Error"}`, "")
 }
 
 func TestTimeout(t *testing.T) {
 	scorer := &fakeScorer{block: true}
-	svc := rerank.New(scorer, rerank.Limits{MaxCandidates: 4, MaxCandidateChars: 10}, "m")
+	svc := rerank.New(rerank.Single("m", scorer), rerank.Limits{MaxCandidates: 4, MaxCandidateChars: 10}, "m")
 	// The fake waits for the deadline, so the test's duration is the
 	// timeout, not a guess about scheduling.
 	c := testServer(t, Config{Service: svc, Timeout: 20 * time.Millisecond})
@@ -282,11 +330,6 @@ func TestHealth(t *testing.T) {
 	}
 	warn := `"warning":"test model with random weights: scores are meaningless"`
 	f(503, `{"status":"loading","device":"cpu","model":"org/test-model","message":"loading model",`+warn+`,"backend":{"pairs_scored":7},"local_cache":{"hits":0}}`)
-	// Rerank requests get 503 while loading, after type validation.
-	r := do(t, c, "POST", "/v1/rerank", `{"query":"q","candidates":["a"]}`)
-	if r.code != 503 || r.body != `{"detail":"Model not loaded"}` {
-		t.Fatalf("rerank while loading: %d %s", r.code, r.body)
-	}
 	st.Store(&Status{Ready: true, Device: "cpu"})
 	hits.Store(3)
 	f(200, `{"status":"ok","device":"cpu","model":"org/test-model",`+warn+`,"backend":{"pairs_scored":7},"local_cache":{"hits":3}}`)

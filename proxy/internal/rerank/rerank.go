@@ -1,11 +1,13 @@
 // Package rerank turns one rerank request into scored, sorted results: it
-// checks the request against the server's limits, fans the query out to one
-// (query, candidate) pair per candidate, has the next pipeline stage score the
-// pairs, and sorts and trims the results.
+// routes the request to the pipeline of the model it names, checks it against
+// the server's limits, fans the query out to one (query, candidate) pair per
+// candidate, has the model's pipeline score the pairs, and sorts and trims the
+// results.
 package rerank
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -18,6 +20,70 @@ import (
 // Scorer is the next pipeline stage: it returns one score per pair, in order.
 type Scorer interface {
 	Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
+}
+
+// Router finds the pipeline of a model by the name a request gives.
+type Router interface {
+	// Route returns the pipeline that scores for the model called name (a
+	// name or an alias; "" is the default model) and the model's canonical
+	// name, the one answers report. An unknown name returns an error
+	// wrapping ErrUnknownModel; a model that cannot serve now (failed, or
+	// loading at startup) an error wrapping sdk.ErrNotLoaded. Route does not
+	// wait for a model to load: the returned pipeline does, within the
+	// context of its Score call.
+	Route(ctx context.Context, name string) (Scorer, string, error)
+}
+
+// ErrUnknownModel is wrapped by the error a Router returns for a model name
+// it does not serve.
+var ErrUnknownModel = errors.New("unsupported model")
+
+// UnknownModelError is the error of a request naming a model the server
+// does not serve; it wraps ErrUnknownModel and its message names the served
+// models.
+type UnknownModelError struct {
+	// Name is the name the request gave.
+	Name string
+	// Served lists the names (and aliases) the server accepts.
+	Served []string
+}
+
+// Error says which model was asked for and which are served.
+func (e *UnknownModelError) Error() string {
+	quoted := make([]string, len(e.Served))
+	for i, n := range e.Served {
+		quoted[i] = fmt.Sprintf("%q", n)
+	}
+	return fmt.Sprintf("%v %q: this server serves %s", ErrUnknownModel, e.Name, strings.Join(quoted, ", "))
+}
+
+// Unwrap makes errors.Is(err, ErrUnknownModel) hold.
+func (e *UnknownModelError) Unwrap() error { return ErrUnknownModel }
+
+// Single returns a Router for one model called name: it accepts "", name,
+// and name's last path segment ("bge-reranker-v2-m3" for
+// "BAAI/bge-reranker-v2-m3"), and routes them all to next.
+func Single(name string, next Scorer) Router { return single{name: name, next: next} }
+
+type single struct {
+	name string
+	next Scorer
+}
+
+func (s single) Route(_ context.Context, name string) (Scorer, string, error) {
+	if name == "" || name == s.name || name == LastSegment(s.name) {
+		return s.next, s.name, nil
+	}
+	return nil, "", &UnknownModelError{Name: name, Served: []string{s.name}}
+}
+
+// LastSegment returns the part of a model name after its last slash: a repo
+// id's model name, which requests may use instead of the full id.
+func LastSegment(name string) string {
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		return name[i+1:]
+	}
+	return name
 }
 
 // Limits bound what one request may ask for.
@@ -35,7 +101,7 @@ type Request struct {
 	Query string
 	// Candidates are the documents to rank.
 	Candidates []string
-	// Model is the model the client asked for; empty means the served one.
+	// Model is the model the client asked for; empty means the default one.
 	Model string
 	// TopK, when positive, keeps only the best TopK results; 0 keeps all.
 	TopK int
@@ -87,33 +153,34 @@ func (e *ValidationError) Unwrap() error { return sdk.ErrInvalidInput }
 // invalid returns a ValidationError with one field.
 func invalid(f FieldError) error { return &ValidationError{Fields: []FieldError{f}} }
 
-// Service validates, fans out, scores, sorts and trims.
+// Response is the answer to a rerank request.
+type Response struct {
+	// Results are the scored candidates, best first, trimmed to TopK.
+	Results []Result
+	// Model is the canonical name of the model that scored them.
+	Model string
+}
+
+// Service routes, validates, fans out, scores, sorts and trims.
 type Service struct {
-	next      Scorer
-	limits    Limits
-	modelName string
+	router       Router
+	limits       Limits
+	defaultModel string
 }
 
-// New returns a Service that scores with next and serves the model named
-// modelName (a repo id such as "BAAI/bge-reranker-v2-m3" or a local name).
-func New(next Scorer, limits Limits, modelName string) *Service {
-	return &Service{next: next, limits: limits, modelName: modelName}
+// New returns a Service that scores on the models router serves, whose
+// default (for requests naming none) is called defaultModel (a repo id
+// such as "BAAI/bge-reranker-v2-m3" or a local name).
+func New(router Router, limits Limits, defaultModel string) *Service {
+	return &Service{router: router, limits: limits, defaultModel: defaultModel}
 }
 
-// ModelName is the name of the served model.
-func (s *Service) ModelName() string { return s.modelName }
+// ModelName is the name of the default model.
+func (s *Service) ModelName() string { return s.defaultModel }
 
-// Validate checks req against the limits and the served model without
-// scoring anything.
+// Validate checks req against the limits without routing or scoring
+// anything; Rerank also checks the model name.
 func (s *Service) Validate(req *Request) error {
-	if req.Model != "" && !s.accepts(req.Model) {
-		return invalid(FieldError{
-			Type:  "value_error",
-			Loc:   []any{"body", "model"},
-			Msg:   fmt.Sprintf("unsupported model %q: this server serves %q", req.Model, s.modelName),
-			Input: req.Model,
-		})
-	}
 	if n := len(req.Candidates); n > s.limits.MaxCandidates {
 		return invalid(FieldError{
 			Type:  "too_long",
@@ -162,44 +229,37 @@ func (s *Service) Validate(req *Request) error {
 	return nil
 }
 
-// accepts reports whether name is the served model's full id or its last
-// path segment.
-func (s *Service) accepts(name string) bool {
-	if name == s.modelName {
-		return true
+// Rerank routes the request to the model it names, scores every candidate
+// against the query and returns the results sorted by score, best first,
+// ties in input order, trimmed to TopK, with the model's canonical name. An
+// empty candidate list returns no results without scoring (or loading)
+// anything. An unknown model is an error wrapping ErrUnknownModel.
+func (s *Service) Rerank(ctx context.Context, req *Request) (Response, error) {
+	next, model, err := s.router.Route(ctx, req.Model)
+	if err != nil {
+		return Response{}, fmt.Errorf("rerank: %w", err)
 	}
-	last := s.modelName
-	if i := strings.LastIndexByte(last, '/'); i >= 0 {
-		last = last[i+1:]
-	}
-	return name == last
-}
-
-// Rerank scores every candidate against the query and returns the results
-// sorted by score, best first, ties in input order, trimmed to TopK. An empty
-// candidate list returns no results without calling the next stage.
-func (s *Service) Rerank(ctx context.Context, req *Request) ([]Result, error) {
 	if err := s.Validate(req); err != nil {
-		return nil, err
+		return Response{}, err
 	}
 	if len(req.Candidates) == 0 {
-		return []Result{}, nil
+		return Response{Results: []Result{}, Model: model}, nil
 	}
 	pairs := make([]sdk.Pair, len(req.Candidates))
 	for i, c := range req.Candidates {
 		pairs[i] = sdk.Pair{Query: req.Query, Document: c}
 	}
-	scores, err := s.next.Score(ctx, pairs)
+	scores, err := next.Score(ctx, pairs)
 	if err != nil {
-		return nil, fmt.Errorf("rerank: scoring %d pairs: %w", len(pairs), err)
+		return Response{}, fmt.Errorf("rerank: scoring %d pairs on %s: %w", len(pairs), model, err)
 	}
 	if len(scores) != len(pairs) {
-		return nil, fmt.Errorf("rerank: got %d scores for %d pairs", len(scores), len(pairs))
+		return Response{}, fmt.Errorf("rerank: got %d scores for %d pairs", len(scores), len(pairs))
 	}
 	results := make([]Result, len(scores))
 	for i, sc := range scores {
 		if math.IsNaN(float64(sc)) || math.IsInf(float64(sc), 0) {
-			return nil, fmt.Errorf("rerank: the backend returned the non-finite score %v for candidate %d", sc, i)
+			return Response{}, fmt.Errorf("rerank: the backend returned the non-finite score %v for candidate %d", sc, i)
 		}
 		results[i] = Result{Index: i, Score: sc}
 	}
@@ -207,7 +267,7 @@ func (s *Service) Rerank(ctx context.Context, req *Request) ([]Result, error) {
 	if req.TopK > 0 && req.TopK < len(results) {
 		results = results[:req.TopK]
 	}
-	return results, nil
+	return Response{Results: results, Model: model}, nil
 }
 
 // insertionSortMax is the longest result list sorted by insertion: for the

@@ -38,10 +38,14 @@ func TestRerankOrder(t *testing.T) {
 	f := func(candidates []string, topK int, want []Result) {
 		t.Helper()
 		next := &scoreByLength{}
-		s := New(next, testLimits, "org/model")
-		got, err := s.Rerank(context.Background(), &Request{Query: "q", Candidates: candidates, TopK: topK, HasTopK: topK != 0})
+		s := New(Single("org/model", next), testLimits, "org/model")
+		resp, err := s.Rerank(context.Background(), &Request{Query: "q", Candidates: candidates, TopK: topK, HasTopK: topK != 0})
 		if err != nil {
 			t.Fatalf("Rerank(%q, top_k=%d): %v", candidates, topK, err)
+		}
+		got := resp.Results
+		if resp.Model != "org/model" {
+			t.Fatalf("Rerank reports model %q, want org/model", resp.Model)
 		}
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("Rerank(%q, top_k=%d) = %v, want %v", candidates, topK, got, want)
@@ -66,11 +70,12 @@ func TestRerankOrder(t *testing.T) {
 
 func TestRerankEmptyCandidatesSkipsInference(t *testing.T) {
 	next := &scoreByLength{}
-	s := New(next, testLimits, "m")
-	got, err := s.Rerank(context.Background(), &Request{Query: "q", Candidates: nil, TopK: 3, HasTopK: true})
+	s := New(Single("m", next), testLimits, "m")
+	resp, err := s.Rerank(context.Background(), &Request{Query: "q", Candidates: nil, TopK: 3, HasTopK: true})
 	if err != nil {
 		t.Fatal(err)
 	}
+	got := resp.Results
 	if got == nil || len(got) != 0 {
 		t.Fatalf("got %#v, want an empty non-nil slice", got)
 	}
@@ -83,7 +88,7 @@ func TestRerankValidation(t *testing.T) {
 	f := func(req Request, wantType string, wantLoc []any, wantMsg string) {
 		t.Helper()
 		next := &scoreByLength{}
-		s := New(next, testLimits, "BAAI/bge-reranker-v2-m3")
+		s := New(Single("BAAI/bge-reranker-v2-m3", next), testLimits, "BAAI/bge-reranker-v2-m3")
 		_, err := s.Rerank(context.Background(), &req)
 		var ve *ValidationError
 		if !errors.As(err, &ve) {
@@ -106,15 +111,88 @@ func TestRerankValidation(t *testing.T) {
 	f(Request{Candidates: []string{"a"}, TopK: 0, HasTopK: true}, "greater_than_equal", []any{"body", "top_k"}, "greater than or equal to 1")
 	f(Request{Candidates: []string{"a"}, TopK: -3, HasTopK: true}, "greater_than_equal", []any{"body", "top_k"}, "greater than or equal to 1")
 	f(Request{Candidates: []string{"a"}, TopK: 6, HasTopK: true}, "less_than_equal", []any{"body", "top_k"}, "less than or equal to 5")
-	f(Request{Candidates: []string{"a"}, Model: "other"}, "value_error", []any{"body", "model"}, "unsupported model")
-	f(Request{Candidates: []string{"a"}, Model: "BAAI/bge"}, "value_error", []any{"body", "model"}, "unsupported model")
-	f(Request{Candidates: []string{"a"}, Model: "bge-reranker-v2-m3/"}, "value_error", []any{"body", "model"}, "unsupported model")
+}
+
+func TestRerankUnknownModel(t *testing.T) {
+	f := func(asked string) {
+		t.Helper()
+		next := &scoreByLength{}
+		s := New(Single("BAAI/bge-reranker-v2-m3", next), testLimits, "BAAI/bge-reranker-v2-m3")
+		// An unknown model is refused before the limits are checked, and
+		// with no candidates too.
+		for _, cands := range [][]string{{"a"}, nil, {"a", "b", "c", "d", "e", "f"}} {
+			_, err := s.Rerank(context.Background(), &Request{Candidates: cands, Model: asked})
+			var um *UnknownModelError
+			if !errors.Is(err, ErrUnknownModel) || !errors.As(err, &um) {
+				t.Fatalf("model %q: error %v, want an UnknownModelError", asked, err)
+			}
+			if um.Name != asked || um.Error() != `unsupported model "`+asked+`": this server serves "BAAI/bge-reranker-v2-m3"` {
+				t.Fatalf("model %q: %+v says %q", asked, um, um.Error())
+			}
+		}
+		if len(next.calls) != 0 {
+			t.Fatalf("next stage called for an unknown model")
+		}
+	}
+	f("other")
+	f("BAAI/bge")
+	f("bge-reranker-v2-m3/")
+}
+
+// twoModels routes "a" (and its alias "alpha") and "b" to their own scorers.
+type twoModels struct{ a, b Scorer }
+
+func (m twoModels) Route(_ context.Context, name string) (Scorer, string, error) {
+	switch name {
+	case "", "a", "alpha":
+		return m.a, "a", nil
+	case "b":
+		return m.b, "b", nil
+	}
+	return nil, "", &UnknownModelError{Name: name, Served: []string{"a", "alpha", "b"}}
+}
+
+type constant float32
+
+func (c constant) Score(_ context.Context, pairs []sdk.Pair) ([]float32, error) {
+	out := make([]float32, len(pairs))
+	for i := range out {
+		out[i] = float32(c)
+	}
+	return out, nil
+}
+
+func TestRerankRoutesByModel(t *testing.T) {
+	s := New(twoModels{a: constant(1), b: constant(2)}, testLimits, "a")
+	f := func(asked, wantModel string, wantScore float32) {
+		t.Helper()
+		resp, err := s.Rerank(context.Background(), &Request{Candidates: []string{"x"}, Model: asked})
+		if err != nil {
+			t.Fatalf("model %q: %v", asked, err)
+		}
+		if resp.Model != wantModel || resp.Results[0].Score != wantScore {
+			t.Fatalf("model %q: %+v, want model %s score %v", asked, resp, wantModel, wantScore)
+		}
+	}
+	f("", "a", 1)
+	f("a", "a", 1)
+	f("alpha", "a", 1)
+	f("b", "b", 2)
+	// Empty candidates report the routed model too.
+	resp, err := s.Rerank(context.Background(), &Request{Model: "b"})
+	if err != nil || resp.Model != "b" || resp.Results == nil {
+		t.Fatalf("empty candidates on b: %+v %v", resp, err)
+	}
+	_, err = s.Rerank(context.Background(), &Request{Candidates: []string{"x"}, Model: "c"})
+	if err == nil || err.Error() != `rerank: unsupported model "c": this server serves "a", "alpha", "b"` {
+		t.Fatalf("unknown model: %v", err)
+	}
 }
 
 func TestRerankAcceptsModelNames(t *testing.T) {
 	f := func(served, asked string) {
 		t.Helper()
-		s := New(&scoreByLength{}, testLimits, served)
+		s := New(Single(served, &scoreByLength{}), testLimits, served)
 		if _, err := s.Rerank(context.Background(), &Request{Candidates: []string{"a"}, Model: asked}); err != nil {
 			t.Fatalf("serving %q, model %q refused: %v", served, asked, err)
 		}
@@ -124,7 +202,7 @@ func TestRerankAcceptsModelNames(t *testing.T) {
 	f("local-model", "local-model")
 	f("local-model", "")
 	// Exactly max_candidate_chars code points is allowed, though longer in bytes.
-	s := New(&scoreByLength{}, testLimits, "m")
+	s := New(Single("m", &scoreByLength{}), testLimits, "m")
 	if _, err := s.Rerank(context.Background(), &Request{Candidates: []string{"éééééééééé"}}); err != nil {
 		t.Fatalf("10 code points refused: %v", err)
 	}
@@ -132,16 +210,16 @@ func TestRerankAcceptsModelNames(t *testing.T) {
 
 func TestRerankNextStageErrors(t *testing.T) {
 	next := &scoreByLength{err: sdk.ErrOverloaded}
-	s := New(next, testLimits, "m")
+	s := New(Single("m", next), testLimits, "m")
 	_, err := s.Rerank(context.Background(), &Request{Candidates: []string{"a"}})
 	if !errors.Is(err, sdk.ErrOverloaded) {
 		t.Fatalf("error %v does not wrap the next stage's", err)
 	}
-	s = New(nonFinite{}, testLimits, "m")
+	s = New(Single("m", nonFinite{}), testLimits, "m")
 	if _, err := s.Rerank(context.Background(), &Request{Candidates: []string{"a", "b"}}); err == nil || !strings.Contains(err.Error(), "non-finite") {
 		t.Fatalf("non-finite score: error %v", err)
 	}
-	s = New(short{}, testLimits, "m")
+	s = New(Single("m", short{}), testLimits, "m")
 	if _, err := s.Rerank(context.Background(), &Request{Candidates: []string{"a", "b"}}); err == nil {
 		t.Fatalf("a short score list was accepted")
 	}
