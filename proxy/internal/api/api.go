@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -70,6 +71,10 @@ const DefaultMaxBodyBytes = 2 << 20
 // readBufferSize is the per-connection read buffer (see New).
 const readBufferSize = 32 << 10
 
+// statusClientClosedRequest is the status logged for a request whose client
+// left before its answer (nginx's 499); no client ever reads it.
+const statusClientClosedRequest = 499
+
 // retryAfterSeconds is the Retry-After of a 429: the micro-batcher's queue
 // drains in milliseconds, and one second is the smallest value the header
 // can carry.
@@ -83,7 +88,32 @@ type Server struct {
 	// an answer is not encoded through encoding/json for it each time.
 	modelJSON sync.Map
 	srv       *fasthttp.Server
+
+	lingering   atomic.Int64  // connections reading out a refused body
+	disconnects atomic.Uint64 // requests cancelled because their client left
+	tooLarge    atomic.Uint64 // bodies refused with 413
 }
+
+// Stats are the HTTP server's counters, /health's "http" section.
+type Stats struct {
+	// ClientDisconnects counts rerank requests cancelled because their
+	// client closed the connection before the answer: their pending pairs
+	// were dropped (micro_batcher.dropped_pairs counts those).
+	ClientDisconnects uint64 `json:"client_disconnects"`
+	// BodyTooLarge counts requests answered 413.
+	BodyTooLarge uint64 `json:"body_too_large"`
+	// LingeringConnections counts the connections answered before their
+	// body was read that are reading and discarding the rest of it.
+	LingeringConnections int64 `json:"lingering_connections"`
+}
+
+// Stats returns the counters.
+func (s *Server) Stats() Stats {
+	return Stats{ClientDisconnects: s.disconnects.Load(), BodyTooLarge: s.tooLarge.Load(), LingeringConnections: s.lingering.Load()}
+}
+
+// httpSection is the name of the /health section holding Stats.
+const httpSection = "http"
 
 // New returns a Server for cfg.
 func New(cfg Config) *Server {
@@ -99,6 +129,15 @@ func New(cfg Config) *Server {
 	s := &Server{cfg: cfg}
 	for name := range cfg.HealthSections {
 		s.sections = append(s.sections, name)
+	}
+	if _, ok := cfg.HealthSections[httpSection]; !ok {
+		sections := make(map[string]func() any, len(cfg.HealthSections)+1)
+		for k, v := range cfg.HealthSections {
+			sections[k] = v
+		}
+		sections[httpSection] = func() any { return s.Stats() }
+		s.cfg.HealthSections = sections
+		s.sections = append(s.sections, httpSection)
 	}
 	slices.Sort(s.sections)
 	s.srv = &fasthttp.Server{
@@ -126,7 +165,9 @@ func New(cfg Config) *Server {
 }
 
 // Serve answers connections from ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+func (s *Server) Serve(ln net.Listener) error {
+	return s.srv.Serve(listener{Listener: ln, lingering: &s.lingering})
+}
 
 // Shutdown stops accepting connections and waits for the open requests to
 // finish or ctx to end.
@@ -164,9 +205,16 @@ func (s *Server) methodNotAllowed(ctx *fasthttp.RequestCtx, allow string) {
 	writeDetail(ctx, fasthttp.StatusMethodNotAllowed, "Method Not Allowed")
 }
 
-// handleTransportError answers requests fasthttp could not read.
+// handleTransportError answers requests fasthttp could not read. The
+// connection is closed after the answer, with the client possibly still
+// sending its body: it lingers (see conn.Close), so that the client reads
+// the answer instead of a connection reset.
 func (s *Server) handleTransportError(ctx *fasthttp.RequestCtx, err error) {
+	if c, ok := ctx.Conn().(*conn); ok {
+		c.lingerOnClose()
+	}
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		s.tooLarge.Add(1)
 		writeDetail(ctx, fasthttp.StatusRequestEntityTooLarge,
 			fmt.Sprintf("Request body too large: the limit is %d bytes", s.cfg.MaxBodyBytes))
 		return
@@ -180,6 +228,7 @@ func (s *Server) rerank(ctx *fasthttp.RequestCtx) {
 	// when fasthttp streams; check here as well.
 	body := ctx.PostBody()
 	if len(body) > s.cfg.MaxBodyBytes {
+		s.tooLarge.Add(1)
 		writeDetail(ctx, fasthttp.StatusRequestEntityTooLarge,
 			fmt.Sprintf("Request body too large: the limit is %d bytes", s.cfg.MaxBodyBytes))
 		return
@@ -191,12 +240,27 @@ func (s *Server) rerank(ctx *fasthttp.RequestCtx) {
 		s.writeError(ctx, err)
 		return
 	}
-	rctx, cancel := context.Background(), context.CancelFunc(func() {})
+	// fasthttp does not tie a request to its connection: watchPeer
+	// cancels the request when its client goes away, so that its pairs
+	// stop waiting for (and occupying) the plugin.
+	base, gone := context.WithCancelCause(context.Background())
+	stopWatch := watchPeer(ctx.Conn(), gone)
+	rctx, cancel := base, context.CancelFunc(func() {})
 	if s.cfg.Timeout > 0 {
-		rctx, cancel = context.WithTimeout(rctx, s.cfg.Timeout)
+		rctx, cancel = context.WithTimeout(base, s.cfg.Timeout)
 	}
 	resp, err := s.cfg.Service.Rerank(rctx, req)
+	stopWatch()
+	clientGone := errors.Is(context.Cause(base), errClientGone)
 	cancel()
+	gone(nil)
+	if err != nil && clientGone {
+		s.disconnects.Add(1)
+		ctx.SetConnectionClose()
+		// Nobody reads it; the status is nginx's for the case, for logs.
+		writeDetail(ctx, statusClientClosedRequest, "Client closed the request")
+		return
+	}
 	if err != nil {
 		s.writeError(ctx, err)
 		return

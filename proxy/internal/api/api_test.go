@@ -329,12 +329,13 @@ func TestHealth(t *testing.T) {
 		}
 	}
 	warn := `"warning":"test model with random weights: scores are meaningless"`
-	f(503, `{"status":"loading","device":"cpu","model":"org/test-model","message":"loading model",`+warn+`,"backend":{"pairs_scored":7},"local_cache":{"hits":0}}`)
+	httpStats := `"http":{"client_disconnects":0,"body_too_large":0,"lingering_connections":0}`
+	f(503, `{"status":"loading","device":"cpu","model":"org/test-model","message":"loading model",`+warn+`,"backend":{"pairs_scored":7},`+httpStats+`,"local_cache":{"hits":0}}`)
 	st.Store(&Status{Ready: true, Device: "cpu"})
 	hits.Store(3)
-	f(200, `{"status":"ok","device":"cpu","model":"org/test-model",`+warn+`,"backend":{"pairs_scored":7},"local_cache":{"hits":3}}`)
+	f(200, `{"status":"ok","device":"cpu","model":"org/test-model",`+warn+`,"backend":{"pairs_scored":7},`+httpStats+`,"local_cache":{"hits":3}}`)
 	st.Store(&Status{Failed: true, Device: "cuda", Message: "onnx-cuda: libcudart.so.13 not found"})
-	f(503, `{"status":"failed","device":"cuda","model":"org/test-model","message":"onnx-cuda: libcudart.so.13 not found",`+warn+`,"backend":{"pairs_scored":7},"local_cache":{"hits":3}}`)
+	f(503, `{"status":"failed","device":"cuda","model":"org/test-model","message":"onnx-cuda: libcudart.so.13 not found",`+warn+`,"backend":{"pairs_scored":7},`+httpStats+`,"local_cache":{"hits":3}}`)
 }
 
 func TestAppendPythonFloat(t *testing.T) {
