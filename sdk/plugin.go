@@ -20,8 +20,9 @@ import (
 const ProtocolVersion = 1
 
 // MinorVersion counts additive changes within ProtocolVersion; plugins report
-// it in ModelInfo and the proxy logs it.
-const MinorVersion uint32 = 0
+// it in ModelInfo and the proxy logs it. 1: ScoreResponse reports the
+// call's Usage (tokens and padded tokens).
+const MinorVersion uint32 = 1
 
 // PluginName is the name under which the backend is dispensed.
 const PluginName = "backend"
@@ -132,14 +133,15 @@ func (s *grpcServer) Score(ctx context.Context, req *pb.ScoreRequest) (*pb.Score
 	for i, p := range req.GetPairs() {
 		pairs[i] = Pair{Query: p.GetQuery(), Document: p.GetDocument()}
 	}
-	scores, err := s.impl.Score(ctx, pairs)
+	var usage Usage
+	scores, err := s.impl.Score(WithUsage(ctx, &usage), pairs)
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	if len(scores) != len(pairs) {
 		return nil, status.Errorf(codes.Internal, "backend returned %d scores for %d pairs", len(scores), len(pairs))
 	}
-	return &pb.ScoreResponse{Scores: scores}, nil
+	return &pb.ScoreResponse{Scores: scores, Tokens: usage.Tokens, PaddedTokens: usage.PaddedTokens}, nil
 }
 
 func (s *grpcServer) Health(ctx context.Context, _ *pb.HealthRequest) (*pb.HealthResponse, error) {
@@ -181,6 +183,7 @@ func (c *Client) Load(ctx context.Context, cfg LoadConfig) (ModelInfo, error) {
 }
 
 // Score sends pairs to the plugin; ctx's deadline becomes the gRPC deadline.
+// When ctx carries a Usage (WithUsage), the plugin's report is added to it.
 func (c *Client) Score(ctx context.Context, pairs []Pair) ([]float32, error) {
 	req := &pb.ScoreRequest{Pairs: make([]*pb.Pair, len(pairs))}
 	for i := range pairs {
@@ -192,6 +195,10 @@ func (c *Client) Score(ctx context.Context, pairs []Pair) ([]float32, error) {
 	}
 	if len(resp.GetScores()) != len(pairs) {
 		return nil, fmt.Errorf("sdk: plugin returned %d scores for %d pairs", len(resp.GetScores()), len(pairs))
+	}
+	if u := UsageFrom(ctx); u != nil {
+		u.Tokens += resp.GetTokens()
+		u.PaddedTokens += resp.GetPaddedTokens()
 	}
 	return resp.GetScores(), nil
 }

@@ -482,6 +482,7 @@ func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
 		}
 		encs[i] = enc
 	}
+	usage := sdk.UsageFrom(ctx)
 	for start := 0; start < len(encs); start += m.maxBatch {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("%s: score: %w", e.backend, err)
@@ -489,6 +490,15 @@ func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
 		end := min(start+m.maxBatch, len(encs))
 		if err := m.run(ctx, encs[start:end], scores[start:end]); err != nil {
 			return nil, fmt.Errorf("%s: %w", e.backend, err)
+		}
+		if usage != nil {
+			tokens, longest := 0, 0
+			for _, enc := range encs[start:end] {
+				tokens += len(enc.IDs)
+				longest = max(longest, len(enc.IDs))
+			}
+			usage.Tokens += int64(tokens)
+			usage.PaddedTokens += int64(longest * (end - start))
 		}
 	}
 	return scores, nil

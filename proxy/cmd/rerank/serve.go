@@ -50,6 +50,7 @@ type serveConfig struct {
 	disableMemPattern bool
 	batch             batchFlags
 	cache             cacheFlags
+	obs               obsFlags
 }
 
 // serveFlags defines the serve flags on fs and returns the config they fill
@@ -106,6 +107,7 @@ func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
 	memoryFlagsOn(fs, c, env)
 	batchFlagsOn(fs, &c.batch, env)
 	cacheFlagsOn(fs, &c.cache, env)
+	obsFlagsOn(fs, &c.obs, env)
 	return c, env
 }
 
@@ -253,6 +255,8 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	if warning != "" {
 		logger.Warn("serving a " + warning)
 	}
+	reg := c.obs.registry()
+	modelMetrics := reg.Model(modelName)
 
 	// The score cache keys on the identity of the model the plugin loaded,
 	// so the supervisor hands it every load (the first, and each after a
@@ -294,7 +298,8 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 			load.ModelDir = dir
 			return err
 		},
-		Logger: logger,
+		Logger:  logger,
+		Metrics: modelMetrics,
 	})
 	if err != nil {
 		return err
@@ -311,7 +316,9 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	var next rerank.Scorer = sup
 
 	// ---- BATCH STAGE (issue 6, proxy/internal/batch) ----
-	batcher := batch.New(next, batchConfig(&c.batch, c.backend, c.maxLength))
+	bcfg := batchConfig(&c.batch, c.backend, c.maxLength)
+	bcfg.Metrics = modelMetrics
+	batcher := batch.New(next, bcfg)
 	next = batcher
 	sections["micro_batcher"] = func() any { return batcher.Stats() }
 	// ---- END BATCH STAGE ----
@@ -327,6 +334,7 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	sections["distributed_cache"] = func() any { return scoreCache.Stats().Distributed }
 	// ---- END CACHE STAGE ----
 
+	modelMetrics.SetState(modelState(sup, batcher, scoreCache))
 	router := readyRouter{Router: rerank.Single(modelName, next), sup: sup}
 	svc := rerank.New(router, rerank.Limits{MaxCandidates: c.maxCandidates, MaxCandidateChars: c.maxCandidateChars}, modelName)
 	srv := api.New(api.Config{
@@ -341,7 +349,15 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 		HealthSections: sections,
 		Warning:        warning,
 		Logger:         logger.Named("api"),
+		Metrics:        reg,
+		ServeMetrics:   c.obs.metricsAddr == "",
+		AccessLog:      c.obs.accessLogger(logger),
 	})
+	if reg != nil && c.obs.metricsAddr != "" {
+		if err := serveMetrics(ctx, c.obs.metricsAddr, reg, logger); err != nil {
+			return fmt.Errorf("serve: --metrics-addr: %w", err)
+		}
+	}
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(c.host, strconv.Itoa(c.port)))
 	if err != nil {

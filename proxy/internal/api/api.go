@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
 	"github.com/rerank-sidecar/rerank/proxy/internal/rerank"
 	"github.com/rerank-sidecar/rerank/sdk"
 )
@@ -62,6 +63,14 @@ type Config struct {
 	Warning string
 	// Logger receives request failures that are the server's fault.
 	Logger hclog.Logger
+	// Metrics, when set, counts every request; nil counts nothing.
+	Metrics *metrics.Registry
+	// ServeMetrics serves Metrics as GET /metrics on this server; leave it
+	// off when the metrics have a listener of their own.
+	ServeMetrics bool
+	// AccessLog, when set, receives one line per request: its id, method,
+	// route, dialect, model, status, duration, pairs and cached pairs.
+	AccessLog hclog.Logger
 }
 
 // DefaultMaxBodyBytes is the default body limit: 2 MiB holds 200 candidates
@@ -86,8 +95,10 @@ type Server struct {
 	sections []string
 	// modelJSON maps a model's canonical name to its JSON encoding, so that
 	// an answer is not encoded through encoding/json for it each time.
-	modelJSON sync.Map
-	srv       *fasthttp.Server
+	modelJSON      sync.Map
+	srv            *fasthttp.Server
+	routes         map[string]*route
+	metricsHandler fasthttp.RequestHandler
 
 	lingering   atomic.Int64  // connections reading out a refused body
 	disconnects atomic.Uint64 // requests cancelled because their client left
@@ -126,7 +137,13 @@ func New(cfg Config) *Server {
 	if cfg.Status == nil {
 		cfg.Status = func() Status { return Status{Ready: true} }
 	}
-	s := &Server{cfg: cfg}
+	s := &Server{cfg: cfg, routes: map[string]*route{}}
+	for _, rt := range s.routeTable() {
+		s.routes[rt.path] = rt
+	}
+	if cfg.Metrics != nil {
+		s.metricsHandler = metricsHandler(cfg.Metrics)
+	}
 	for name := range cfg.HealthSections {
 		s.sections = append(s.sections, name)
 	}
@@ -173,31 +190,19 @@ func (s *Server) Serve(ln net.Listener) error {
 // finish or ctx to end.
 func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
 
-// Handle routes one request.
+// Handle routes one request through the route table, and counts it.
 func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
-	path := ctx.Path()
-	switch string(path) {
-	case "/v1/rerank":
-		if !ctx.IsPost() {
-			s.methodNotAllowed(ctx, "POST")
-			return
-		}
-		s.rerank(ctx)
-	case "/health":
-		if !ctx.IsGet() && !ctx.IsHead() {
-			s.methodNotAllowed(ctx, "GET, HEAD")
-			return
-		}
-		s.health(ctx)
-	case "/":
-		if !ctx.IsGet() && !ctx.IsHead() {
-			s.methodNotAllowed(ctx, "GET, HEAD")
-			return
-		}
-		s.root(ctx)
-	default:
+	x := s.begin(ctx)
+	rt := s.routes[string(ctx.Path())]
+	switch {
+	case rt == nil:
 		writeDetail(ctx, fasthttp.StatusNotFound, "Not Found")
+	case !rt.allows(ctx):
+		s.methodNotAllowed(ctx, rt.allow())
+	default:
+		rt.handle(s, ctx, x)
 	}
+	s.end(ctx, rt, x)
 }
 
 func (s *Server) methodNotAllowed(ctx *fasthttp.RequestCtx, allow string) {
@@ -210,27 +215,33 @@ func (s *Server) methodNotAllowed(ctx *fasthttp.RequestCtx, allow string) {
 // sending its body: it lingers (see conn.Close), so that the client reads
 // the answer instead of a connection reset.
 func (s *Server) handleTransportError(ctx *fasthttp.RequestCtx, err error) {
+	x := s.begin(ctx)
 	if c, ok := ctx.Conn().(*conn); ok {
 		c.lingerOnClose()
 	}
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
-		s.tooLarge.Add(1)
-		writeDetail(ctx, fasthttp.StatusRequestEntityTooLarge,
-			fmt.Sprintf("Request body too large: the limit is %d bytes", s.cfg.MaxBodyBytes))
-		return
+		s.refuseTooLarge(ctx)
+	} else {
+		writeDetail(ctx, fasthttp.StatusBadRequest, "Invalid HTTP request received.")
 	}
-	writeDetail(ctx, fasthttp.StatusBadRequest, "Invalid HTTP request received.")
+	s.end(ctx, s.routes[string(ctx.Path())], x)
 }
 
-func (s *Server) rerank(ctx *fasthttp.RequestCtx) {
-	start := time.Now()
+// refuseTooLarge answers 413 and counts the rejection.
+func (s *Server) refuseTooLarge(ctx *fasthttp.RequestCtx) {
+	s.tooLarge.Add(1)
+	s.cfg.Metrics.Reject("", metrics.ReasonTooLarge)
+	writeDetail(ctx, fasthttp.StatusRequestEntityTooLarge,
+		fmt.Sprintf("Request body too large: the limit is %d bytes", s.cfg.MaxBodyBytes))
+}
+
+func (s *Server) rerank(ctx *fasthttp.RequestCtx, x *exchange) {
+	start := x.start
 	// A body that arrived without Content-Length can still exceed the limit
 	// when fasthttp streams; check here as well.
 	body := ctx.PostBody()
 	if len(body) > s.cfg.MaxBodyBytes {
-		s.tooLarge.Add(1)
-		writeDetail(ctx, fasthttp.StatusRequestEntityTooLarge,
-			fmt.Sprintf("Request body too large: the limit is %d bytes", s.cfg.MaxBodyBytes))
+		s.refuseTooLarge(ctx)
 		return
 	}
 	// decodeRequest copies every string out of the body: nothing from ctx
@@ -242,8 +253,9 @@ func (s *Server) rerank(ctx *fasthttp.RequestCtx) {
 	}
 	// fasthttp does not tie a request to its connection: watchPeer
 	// cancels the request when its client goes away, so that its pairs
-	// stop waiting for (and occupying) the plugin.
-	base, gone := context.WithCancelCause(context.Background())
+	// stop waiting for (and occupying) the plugin. The cache stage writes
+	// in x.tally where the scores came from.
+	base, gone := context.WithCancelCause(metrics.WithTally(context.Background(), &x.tally))
 	stopWatch := watchPeer(ctx.Conn(), gone)
 	rctx, cancel := base, context.CancelFunc(func() {})
 	if s.cfg.Timeout > 0 {
@@ -265,6 +277,7 @@ func (s *Server) rerank(ctx *fasthttp.RequestCtx) {
 		s.writeError(ctx, err)
 		return
 	}
+	x.model, x.pairs = resp.Model, len(req.Candidates)
 	elapsed := time.Since(start)
 	if len(req.Candidates) == 0 {
 		// Nothing was scored: the seed server reported 0.0.
@@ -320,7 +333,7 @@ var responseBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); r
 const maxPooledResponse = 64 << 10
 
 // health answers GET /health: 503 until the model is loaded, then 200.
-func (s *Server) health(ctx *fasthttp.RequestCtx) {
+func (s *Server) health(ctx *fasthttp.RequestCtx, _ *exchange) {
 	st := s.cfg.Status()
 	code, status := fasthttp.StatusOK, "ok"
 	switch {
@@ -355,7 +368,7 @@ func (s *Server) health(ctx *fasthttp.RequestCtx) {
 }
 
 // root answers GET /.
-func (s *Server) root(ctx *fasthttp.RequestCtx) {
+func (s *Server) root(ctx *fasthttp.RequestCtx, _ *exchange) {
 	b := make([]byte, 0, 256)
 	b = append(b, `{"service":"rerank-server","version":`...)
 	b = appendJSON(b, s.cfg.Version)
@@ -397,7 +410,7 @@ func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
 	case errors.Is(err, context.Canceled):
 		writeDetail(ctx, fasthttp.StatusServiceUnavailable, "Request cancelled: the server is shutting down")
 	default:
-		s.cfg.Logger.Error("rerank request failed", "error", err)
+		s.cfg.Logger.Error("rerank request failed", "request_id", requestID(ctx), "error", err)
 		writeDetail(ctx, fasthttp.StatusInternalServerError, "Internal Server Error")
 	}
 }

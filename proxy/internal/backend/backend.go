@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 
+	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
 	"github.com/rerank-sidecar/rerank/sdk"
 )
 
@@ -67,6 +68,9 @@ type Config struct {
 	MaxRestartDelay time.Duration
 	// Platform is GOOS/GOARCH as auto sees it; empty means the running one.
 	Platform string
+	// Metrics receives every plugin call's pairs, duration and usage; nil
+	// records nothing.
+	Metrics *metrics.Model
 }
 
 // Status is the plugin's state for /health.
@@ -83,6 +87,11 @@ type Status struct {
 	Model *sdk.ModelInfo
 	// Restarts counts the attempts to restart a crashed plugin.
 	Restarts int
+	// LoadDuration is how long the last successful load took, from
+	// starting the plugin to the model being ready in it.
+	LoadDuration time.Duration
+	// PID is the plugin process's id while one runs, else 0.
+	PID int
 }
 
 // Stats are the counters /health shows under "backend".
@@ -216,7 +225,9 @@ func (s *Supervisor) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, er
 	if len(pairs) == 0 {
 		return []float32{}, nil
 	}
-	scores, err := b.Score(ctx, pairs)
+	start := time.Now()
+	var usage sdk.Usage
+	scores, err := b.Score(sdk.WithUsage(ctx, &usage), pairs)
 	if err != nil {
 		if errors.Is(err, sdk.ErrUnavailable) {
 			// The connection broke: have the watcher look now rather than
@@ -230,6 +241,7 @@ func (s *Supervisor) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, er
 	}
 	s.pairs.Add(uint64(len(pairs)))
 	s.batches.Add(1)
+	s.cfg.Metrics.Batch(len(pairs), time.Since(start), usage.Tokens, usage.PaddedTokens)
 	return scores, nil
 }
 
@@ -327,6 +339,7 @@ func (s *Supervisor) start(kind string) error {
 	if _, err := os.Stat(path); err != nil {
 		return fmt.Errorf("backend: plugin %s not found in %s (build it with make build, or point --plugin-dir/RERANK_PLUGIN_DIR at it): %w", BinaryPrefix+kind, s.cfg.PluginDir, err)
 	}
+	begun := time.Now()
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		VersionedPlugins: sdk.VersionedPlugins(),
@@ -360,6 +373,7 @@ func (s *Supervisor) start(kind string) error {
 	if err != nil {
 		return fail(fmt.Errorf("backend: %s cannot load %s: %w", BinaryPrefix+kind, s.cfg.Load.ModelDir, err))
 	}
+	loadDuration := time.Since(begun)
 	if info.SDKMinorVersion != sdk.MinorVersion {
 		s.logger.Info("plugin speaks another minor protocol version", "plugin", BinaryPrefix+kind, "plugin_minor", info.SDKMinorVersion, "proxy_minor", sdk.MinorVersion)
 	}
@@ -375,6 +389,11 @@ func (s *Supervisor) start(kind string) error {
 	s.client, s.backend = client, b
 	s.status.State, s.status.Message, s.status.Kind = sdk.StateReady, "", kind
 	s.status.Model = &info
+	s.status.LoadDuration = loadDuration
+	s.status.PID = 0
+	if rc := client.ReattachConfig(); rc != nil {
+		s.status.PID = rc.Pid
+	}
 	s.status.Device = info.Device
 	if s.status.Device == "" {
 		s.status.Device = kind
@@ -405,7 +424,7 @@ func (s *Supervisor) watch() string {
 		if client.Exited() {
 			s.mu.Lock()
 			s.backend = nil
-			s.status.State = sdk.StateLoading
+			s.status.State, s.status.PID = sdk.StateLoading, 0
 			s.mu.Unlock()
 			client.Kill()
 			return "plugin process exited unexpectedly"

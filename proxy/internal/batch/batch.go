@@ -25,6 +25,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
 	"github.com/rerank-sidecar/rerank/sdk"
 )
 
@@ -86,6 +87,8 @@ type Config struct {
 	CharsPerToken int
 	// Clock tells time and runs the window timer; nil is the real clock.
 	Clock Clock
+	// Metrics receives queue waits and rejections; nil records nothing.
+	Metrics *metrics.Model
 }
 
 // ForDevice returns the configuration chosen from measurements for a
@@ -375,6 +378,7 @@ func (r *request) result() ([]float32, error) {
 func (b *Batcher) admitLocked(n int) error {
 	if b.pendingPairs > 0 && b.pendingPairs+n > b.cfg.MaxQueue {
 		b.rejected++
+		b.cfg.Metrics.Reject(metrics.ReasonQueueFull)
 		return fmt.Errorf("batch: queue full (%d pairs pending, %d more asked, limit %d): %w",
 			b.pendingPairs, n, b.cfg.MaxQueue, sdk.ErrOverloaded)
 	}
@@ -400,6 +404,7 @@ func (b *Batcher) shedLocked(ctx context.Context, now time.Time, tokens int) err
 	}
 	b.rejected++
 	b.shed++
+	b.cfg.Metrics.Reject(metrics.ReasonDeadline)
 	return fmt.Errorf("batch: estimated wait %v exceeds the request's remaining %v: %w",
 		wait.Round(time.Millisecond), deadline.Sub(now).Round(time.Millisecond), sdk.ErrOverloaded)
 }
@@ -578,6 +583,7 @@ func (b *Batcher) launchLocked(run *batchRun) {
 	run.slot = make([]int, len(run.items))
 	var latest time.Time
 	bounded := true
+	now := b.cfg.Clock.Now()
 	for i, it := range run.items {
 		r := it.req
 		r.queued--
@@ -585,6 +591,9 @@ func (b *Batcher) launchLocked(run *batchRun) {
 		b.queuedPairs--
 		b.queuedTokens -= it.tokens
 		if len(r.batches) == 0 || r.batches[len(r.batches)-1] != run {
+			if len(r.batches) == 0 {
+				b.cfg.Metrics.QueueWait(now.Sub(r.arrival))
+			}
 			r.batches = append(r.batches, run)
 			run.live++
 			if d, ok := r.ctx.Deadline(); !ok {
@@ -610,7 +619,7 @@ func (b *Batcher) launchLocked(run *batchRun) {
 	run.cancel = cancel
 	run.running = true
 	if b.inFlight == 0 {
-		b.busySince = b.cfg.Clock.Now()
+		b.busySince = now
 	}
 	for _, it := range run.items {
 		run.tokens += it.tokens

@@ -27,6 +27,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
 	"github.com/rerank-sidecar/rerank/sdk"
 )
 
@@ -293,6 +294,11 @@ func (c *Cache) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) 
 	if c.local != nil {
 		c.local.count(hits, len(pairs)-hits)
 	}
+	tally := metrics.TallyFrom(ctx)
+	if tally != nil {
+		tally.L1 += hits
+		tally.Duplicate += len(dups)
+	}
 	if len(miss) > 0 {
 		if err := c.resolve(ctx, pairs, keys, miss, scores); err != nil {
 			return nil, err
@@ -347,6 +353,9 @@ func (c *Cache) resolve(ctx context.Context, pairs []sdk.Pair, keys string, idx 
 			}
 			if fl[j].ok {
 				scores[idx[j]] = fl[j].score
+				if t := metrics.TallyFrom(ctx); t != nil {
+					t.Peer++
+				}
 			} else {
 				again = append(again, idx[j])
 			}
@@ -384,7 +393,11 @@ func (c *Cache) lead(ctx context.Context, pairs []sdk.Pair, keys string, scores 
 	if err != nil {
 		return c.compute(ctx, pairs, keys, scores, items, "", nil)
 	}
+	before := len(items)
 	items = c.takeHits(keys, scores, items, vals)
+	if t := metrics.TallyFrom(ctx); t != nil {
+		t.Redis += before - len(items)
+	}
 	if len(items) == 0 {
 		return nil
 	}
@@ -454,9 +467,19 @@ func (c *Cache) lockAndCompute(ctx context.Context, pairs []sdk.Pair, keys strin
 		}
 		var mine, rest []item
 		var locked, stale []string
+		tally := metrics.TallyFrom(ctx)
 		for j, it := range items {
 			if v, ok := decodeValue(vals[j]); ok {
 				c.answer(keys, scores, it, v)
+				if tally != nil {
+					// Found on the first look, the pair was in Redis
+					// already; after a wait, a peer computed it.
+					if wake == nil {
+						tally.Redis++
+					} else {
+						tally.Peer++
+					}
+				}
 				if acquired[j] {
 					stale = append(stale, ks[j])
 				}

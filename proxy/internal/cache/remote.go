@@ -53,6 +53,9 @@ type DistributedStats struct {
 	Skipped uint64 `json:"skipped"`
 	// BreakerOpened counts how often the circuit breaker opened.
 	BreakerOpened uint64 `json:"breaker_opened"`
+	// BreakerOpen says the circuit breaker is open now (for /metrics; /health
+	// says it through connected).
+	BreakerOpen bool `json:"-"`
 	// LockWaits counts pairs this process waited for because another
 	// instance held their lock.
 	LockWaits uint64 `json:"lock_waits"`
@@ -410,6 +413,7 @@ func (r *remote) stats() DistributedStats {
 		Errors:        r.errs.Load(),
 		Skipped:       r.skipped.Load(),
 		BreakerOpened: opened,
+		BreakerOpen:   !closed,
 		LockWaits:     r.lockWaits.Load(),
 	}
 	if r.infoMu.TryLock() {

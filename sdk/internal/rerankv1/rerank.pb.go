@@ -458,8 +458,14 @@ func (x *ScoreRequest) GetPairs() []*Pair {
 }
 
 type ScoreResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Scores        []float32              `protobuf:"fixed32,1,rep,packed,name=scores,proto3" json:"scores,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Scores []float32              `protobuf:"fixed32,1,rep,packed,name=scores,proto3" json:"scores,omitempty"`
+	// tokens counts the tokens of the pairs as scored (truncation applied,
+	// padding not); 0 when the plugin does not report it (minor version 1).
+	Tokens int64 `protobuf:"varint,2,opt,name=tokens,proto3" json:"tokens,omitempty"`
+	// padded_tokens counts the tokens the model ran on: over the plugin's
+	// runs, pairs times the longest pair; 0 when not reported (minor 1).
+	PaddedTokens  int64 `protobuf:"varint,3,opt,name=padded_tokens,json=paddedTokens,proto3" json:"padded_tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -499,6 +505,20 @@ func (x *ScoreResponse) GetScores() []float32 {
 		return x.Scores
 	}
 	return nil
+}
+
+func (x *ScoreResponse) GetTokens() int64 {
+	if x != nil {
+		return x.Tokens
+	}
+	return 0
+}
+
+func (x *ScoreResponse) GetPaddedTokens() int64 {
+	if x != nil {
+		return x.PaddedTokens
+	}
+	return 0
 }
 
 type HealthRequest struct {
@@ -643,9 +663,11 @@ const file_rerank_v1_rerank_proto_rawDesc = "" +
 	"\x05query\x18\x01 \x01(\tR\x05query\x12\x1a\n" +
 	"\bdocument\x18\x02 \x01(\tR\bdocument\"5\n" +
 	"\fScoreRequest\x12%\n" +
-	"\x05pairs\x18\x01 \x03(\v2\x0f.rerank.v1.PairR\x05pairs\"'\n" +
+	"\x05pairs\x18\x01 \x03(\v2\x0f.rerank.v1.PairR\x05pairs\"d\n" +
 	"\rScoreResponse\x12\x16\n" +
-	"\x06scores\x18\x01 \x03(\x02R\x06scores\"\x0f\n" +
+	"\x06scores\x18\x01 \x03(\x02R\x06scores\x12\x16\n" +
+	"\x06tokens\x18\x02 \x01(\x03R\x06tokens\x12#\n" +
+	"\rpadded_tokens\x18\x03 \x01(\x03R\fpaddedTokens\"\x0f\n" +
 	"\rHealthRequest\"\xe3\x01\n" +
 	"\x0eHealthResponse\x125\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x1f.rerank.v1.HealthResponse.StateR\x05state\x12\x18\n" +

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/rerank-sidecar/rerank/proxy/internal/backend"
+	"github.com/rerank-sidecar/rerank/proxy/internal/batch"
+	"github.com/rerank-sidecar/rerank/proxy/internal/cache"
+	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
+)
+
+// obsFlags are the serve flags of metrics and logging per request.
+type obsFlags struct {
+	metricsAddr string
+	noMetrics   bool
+	accessLog   bool
+}
+
+// obsFlagsOn defines the observability flags on fs and records their
+// environment variables in env.
+func obsFlagsOn(fs *flag.FlagSet, o *obsFlags, env map[string]string) {
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "",
+		"An address such as 0.0.0.0:9464 on which to serve GET /metrics (Prometheus text format) instead of on the main port. Default empty: /metrics is served on the main port. Environment: RERANK_METRICS_ADDR.")
+	env["metrics-addr"] = "RERANK_METRICS_ADDR"
+	fs.BoolVar(&o.noMetrics, "no-metrics", false,
+		"Serve no /metrics and count nothing for it. Default false: metrics on. Environment: RERANK_NO_METRICS.")
+	env["no-metrics"] = "RERANK_NO_METRICS"
+	fs.BoolVar(&o.accessLog, "access-log", false,
+		"Log one line per request (request id, method, route, dialect, model, status, duration, pairs, cached pairs) at info level, as JSON with --log-json. Default false. Environment: RERANK_ACCESS_LOG.")
+	env["access-log"] = "RERANK_ACCESS_LOG"
+}
+
+// registry returns the metrics registry, nil when metrics are off.
+func (o *obsFlags) registry() *metrics.Registry {
+	if o.noMetrics {
+		return nil
+	}
+	return metrics.New(version)
+}
+
+// accessLogger is the access log's logger, nil when it is off.
+func (o *obsFlags) accessLogger(logger hclog.Logger) hclog.Logger {
+	if !o.accessLog {
+		return nil
+	}
+	return logger.Named("access")
+}
+
+// serveMetrics serves reg's /metrics on addr until ctx ends; the listener
+// is bound before it returns, so that a bad address fails the start.
+func serveMetrics(ctx context.Context, addr string, reg *metrics.Registry, logger hclog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg.Gatherer(), promhttp.HandlerOpts{}))
+	// The headers of a scrape arrive at once; a slow client is cut off.
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	logger.Info("serving metrics", "addr", ln.Addr().String())
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("metrics listener stopped", "addr", addr, "error", err)
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	return nil
+}
+
+// modelState reads a model pipeline's state for /metrics from the same
+// counters /health shows.
+func modelState(sup *backend.Supervisor, batcher *batch.Batcher, scoreCache *cache.Stage) func() metrics.ModelState {
+	return func() metrics.ModelState {
+		st := sup.Status()
+		ms := metrics.ModelState{
+			Backend:      st.Kind,
+			Loaded:       st.Model != nil,
+			LoadDuration: st.LoadDuration,
+			Restarts:     uint64(st.Restarts),
+			PluginPID:    st.PID,
+		}
+		if st.Model != nil {
+			ms.Precision, ms.Device = string(st.Model.Precision), st.Model.Device
+		}
+		if batcher != nil {
+			bs := batcher.Stats()
+			ms.QueuePairs, ms.QueueRequests, ms.InFlightBatches = bs.PendingPairs, bs.PendingRequests, bs.InFlightBatches
+		}
+		if scoreCache != nil {
+			if d := scoreCache.Stats().Distributed; d.Enabled {
+				ms.Redis = &metrics.RedisState{Errors: d.Errors, Skipped: d.Skipped, BreakerOpen: d.BreakerOpen}
+			}
+		}
+		return ms
+	}
+}
