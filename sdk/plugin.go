@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/rerank-sidecar/rerank/sdk/internal/rerankv1"
 )
@@ -184,10 +186,16 @@ func (c *Client) Load(ctx context.Context, cfg LoadConfig) (ModelInfo, error) {
 
 // Score sends pairs to the plugin; ctx's deadline becomes the gRPC deadline.
 // When ctx carries a Usage (WithUsage), the plugin's report is added to it.
+// Pairs that would make a message over MaxMessageBytes are refused before
+// sending, with an error wrapping ErrInvalidInput: the caller splits batches
+// by bytes (PairBytes), so only a single oversized pair gets here.
 func (c *Client) Score(ctx context.Context, pairs []Pair) ([]float32, error) {
 	req := &pb.ScoreRequest{Pairs: make([]*pb.Pair, len(pairs))}
 	for i := range pairs {
 		req.Pairs[i] = &pb.Pair{Query: pairs[i].Query, Document: pairs[i].Document}
+	}
+	if n := proto.Size(req); n > MaxMessageBytes {
+		return nil, fmt.Errorf("sdk: %d pairs make a %d-byte message, over the plugin's %d-byte message limit: %w", len(pairs), n, MaxMessageBytes, ErrInvalidInput)
 	}
 	resp, err := c.rpc.Score(ctx, req)
 	if err != nil {
@@ -285,6 +293,12 @@ func fromStatus(err error) error {
 		sentinel = ErrNotLoaded
 	case codes.ResourceExhausted:
 		sentinel = ErrOverloaded
+		if isMessageSizeError(st.Message()) {
+			// gRPC's own refusal of a message over its size limit: the
+			// same input fails every time, so it is not "overloaded"
+			// (a 429 the client would retry for ever).
+			sentinel = ErrInvalidInput
+		}
 	case codes.Unavailable:
 		sentinel = ErrUnavailable
 	case codes.DeadlineExceeded:
@@ -295,6 +309,26 @@ func fromStatus(err error) error {
 		return fmt.Errorf("plugin: %s", st.Message())
 	}
 	return &remoteError{msg: st.Message(), sentinel: sentinel}
+}
+
+// MaxMessageBytes is the largest gRPC message a plugin accepts: gRPC's
+// default receive limit, which go-plugin's server keeps.
+const MaxMessageBytes = 4 << 20
+
+// pairOverheadBytes bounds the protobuf framing of one pair in a
+// ScoreRequest: a tag and a length for the pair and for each of its two
+// strings (at most 1 + 5 bytes each).
+const pairOverheadBytes = 18
+
+// PairBytes bounds the bytes pair p adds to a Score message, for splitting
+// batches under MaxMessageBytes.
+func PairBytes(p Pair) int { return len(p.Query) + len(p.Document) + pairOverheadBytes }
+
+// isMessageSizeError reports whether a ResourceExhausted status message is
+// gRPC's refusal of an oversized message ("grpc: received message larger
+// than max (N vs. M)", "trying to send message larger than max").
+func isMessageSizeError(msg string) bool {
+	return strings.Contains(msg, "message larger than max")
 }
 
 // remoteError carries the plugin's message and the sentinel it stood for.

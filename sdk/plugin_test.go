@@ -190,6 +190,29 @@ func TestProtocolErrors(t *testing.T) {
 	f(errors.New("disk on fire"), nil)
 }
 
+// gRPC's refusal of an oversized message is the input's fault, never
+// "overloaded" (issue 13, failure 1: it was answered 429 for ever), and the
+// client refuses such a message before sending it.
+func TestMessageSizeIsNotOverload(t *testing.T) {
+	b := &recordingBackend{}
+	c := connect(t, b)
+	huge := strings.Repeat("x", sdk.MaxMessageBytes)
+	_, err := c.Score(context.Background(), []sdk.Pair{{Query: huge, Document: "d"}})
+	if !errors.Is(err, sdk.ErrInvalidInput) || errors.Is(err, sdk.ErrOverloaded) || !strings.Contains(err.Error(), "message limit") {
+		t.Fatalf("Score of a message over the limit: %v; want ErrInvalidInput naming the limit", err)
+	}
+	// gRPC's own refusal, should a message get through: a
+	// ResourceExhausted status with gRPC's message (the backend's
+	// ErrOverloaded travels as ResourceExhausted too).
+	b.set(func(r *recordingBackend) {
+		r.err = fmt.Errorf("grpc: received message larger than max (6291456 vs. 4194304): %w", sdk.ErrOverloaded)
+	})
+	_, err = c.Score(context.Background(), []sdk.Pair{{Query: "q", Document: "d"}})
+	if errors.Is(err, sdk.ErrOverloaded) || !errors.Is(err, sdk.ErrInvalidInput) {
+		t.Fatalf("a message-size status: %v; want ErrInvalidInput, not ErrOverloaded", err)
+	}
+}
+
 func TestProtocolRefusesWrongScoreCount(t *testing.T) {
 	b := &recordingBackend{scores: []float32{1}}
 	c := connect(t, b)

@@ -38,6 +38,7 @@ type serveConfig struct {
 	maxLength         int
 	maxCandidates     int
 	maxCandidateChars int
+	maxQueryChars     int
 	timeout           time.Duration
 	maxBodyBytes      int
 	threads           int
@@ -84,6 +85,8 @@ func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
 		"The maximum number of tokens per (query, candidate) pair; longer candidates are truncated, never rejected. Default 512, capped by the model's position embeddings.")
 	num(&c.maxCandidates, "max-candidates", "RERANK_MAX_CANDIDATES", 200,
 		"The largest number of candidates in one request, and the largest top_k; more is answered with 422. Default 200.")
+	num(&c.maxQueryChars, "max-query-chars", "RERANK_MAX_QUERY_LENGTH", defaultMaxQueryChars,
+		"The longest query in Unicode characters; a longer one is answered with 422 naming this limit. Default 32768: eight times the longest candidate, and far beyond the tokens a pair can hold (a longer query is truncated like a document).")
 	num(&c.maxCandidateChars, "max-candidate-chars", "RERANK_MAX_CANDIDATE_LENGTH", 4000,
 		"The longest candidate in Unicode characters; a longer one is answered with 422. Default 4000.")
 	fs.Var((*secondsValue)(&c.timeout), "timeout",
@@ -110,6 +113,13 @@ func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
 	obsFlagsOn(fs, &c.obs, env)
 	return c, env
 }
+
+// defaultMaxQueryChars is --max-query-chars's default. The server this one
+// replaces had no query limit, so it is generous: 32,768 characters is eight
+// times the longest candidate and about sixty times the tokens a 512-token
+// pair holds; the cap keeps a request from filling plugin messages with one
+// query repeated for every candidate.
+const defaultMaxQueryChars = 32768
 
 // secondsValue is a duration flag that takes seconds ("10", "0.5") or a Go
 // duration ("500ms").
@@ -186,6 +196,8 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 		return nil, fmt.Errorf("serve: --max-length must be at least 1, got %d", c.maxLength)
 	case c.maxCandidates < 1:
 		return nil, fmt.Errorf("serve: --max-candidates must be at least 1, got %d", c.maxCandidates)
+	case c.maxQueryChars < 1:
+		return nil, fmt.Errorf("serve: --max-query-chars must be at least 1, got %d", c.maxQueryChars)
 	case c.maxCandidateChars < 1:
 		return nil, fmt.Errorf("serve: --max-candidate-chars must be at least 1, got %d", c.maxCandidateChars)
 	case c.maxBodyBytes < 1:
@@ -336,7 +348,7 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 
 	modelMetrics.SetState(modelState(sup, batcher, scoreCache))
 	router := readyRouter{Router: rerank.Single(modelName, next), sup: sup}
-	svc := rerank.New(router, rerank.Limits{MaxCandidates: c.maxCandidates, MaxCandidateChars: c.maxCandidateChars}, modelName)
+	svc := rerank.New(router, rerank.Limits{MaxCandidates: c.maxCandidates, MaxCandidateChars: c.maxCandidateChars, MaxQueryChars: c.maxQueryChars}, modelName)
 	srv := api.New(api.Config{
 		Service: svc,
 		Status: func() api.Status {

@@ -20,20 +20,20 @@ func TestParseServe(t *testing.T) {
 	}
 	f(nil, nil, func(c *serveConfig) bool {
 		return c.port == 8080 && c.host == "0.0.0.0" && c.backend == "cpu" && c.precision == "fp32" &&
-			c.maxLength == 512 && c.maxCandidates == 200 && c.maxCandidateChars == 4000 &&
+			c.maxLength == 512 && c.maxCandidates == 200 && c.maxCandidateChars == 4000 && c.maxQueryChars == 32768 &&
 			c.timeout == 10*time.Second && c.maxBodyBytes == 2<<20 && c.model == ""
 	})
 	env := map[string]string{
 		"RERANK_MODEL": "BAAI/bge-reranker-v2-m3", "RERANK_MODEL_NAME": "bge", "RERANK_BACKEND": "auto",
 		"RERANK_PRECISION": "int8", "HOST": "127.0.0.1", "PORT": "9000", "RERANK_MAX_LENGTH": "256",
 		"RERANK_MAX_CANDIDATES": "50", "RERANK_MAX_CANDIDATE_LENGTH": "100", "RERANK_SERVER_TIMEOUT": "2.5",
-		"RERANK_PLUGIN_DIR": "/p", "RERANK_THREADS": "3",
+		"RERANK_PLUGIN_DIR": "/p", "RERANK_THREADS": "3", "RERANK_MAX_QUERY_LENGTH": "1000",
 	}
 	f(nil, env, func(c *serveConfig) bool {
 		return c.model == "BAAI/bge-reranker-v2-m3" && c.modelName == "bge" && c.backend == "auto" &&
 			c.precision == "int8" && c.host == "127.0.0.1" && c.port == 9000 && c.maxLength == 256 &&
 			c.maxCandidates == 50 && c.maxCandidateChars == 100 && c.timeout == 2500*time.Millisecond &&
-			c.pluginDir == "/p" && c.threads == 3
+			c.pluginDir == "/p" && c.threads == 3 && c.maxQueryChars == 1000
 	})
 	// Flags win over the environment.
 	f([]string{"--port", "9100", "--timeout", "500ms", "--backend", "cuda"}, env, func(c *serveConfig) bool {

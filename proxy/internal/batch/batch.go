@@ -56,6 +56,10 @@ const (
 	// specialTokens is the number of special tokens a pair adds: XLM-R's
 	// "<s> A </s></s> B </s>" has four, BERT's "[CLS] A [SEP] B [SEP]" three.
 	specialTokens = 4
+	// DefaultMaxBatchBytes is three quarters of the plugin's message
+	// limit (sdk.MaxMessageBytes): the rest covers the message's own
+	// framing with room to spare.
+	DefaultMaxBatchBytes = sdk.MaxMessageBytes / 4 * 3
 )
 
 // Config configures a Batcher. Zero fields take the defaults above; see
@@ -81,6 +85,11 @@ type Config struct {
 	// single request larger than the bound is admitted when nothing else is
 	// pending, so no request is rejected only for its size.
 	MaxQueue int
+	// MaxBatchBytes bounds a batch's text in bytes (sdk.PairBytes), so that
+	// its message fits the plugin's gRPC limit however long the query: a
+	// query is sent once per pair. A single pair always goes, alone. 0
+	// means DefaultMaxBatchBytes.
+	MaxBatchBytes int
 	// MaxLength is the model's maximum tokens per pair; it caps estimates.
 	MaxLength int
 	// CharsPerToken is the characters-per-token estimate.
@@ -132,6 +141,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxLength <= 0 {
 		c.MaxLength = DefaultMaxLength
+	}
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = DefaultMaxBatchBytes
 	}
 	if c.MaxBatchTokens <= 0 {
 		c.MaxBatchTokens = c.MaxBatchSize * c.MaxLength
@@ -278,6 +290,7 @@ type item struct {
 	index  int
 	pair   sdk.Pair
 	tokens int
+	bytes  int // sdk.PairBytes(pair)
 	seq    uint64
 }
 
@@ -314,7 +327,7 @@ func (b *Batcher) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error
 	}
 	items := make([]item, len(pairs))
 	for i := range pairs {
-		items[i] = item{req: r, index: i, pair: pairs[i], tokens: b.estimate(pairs[i])}
+		items[i] = item{req: r, index: i, pair: pairs[i], tokens: b.estimate(pairs[i]), bytes: sdk.PairBytes(pairs[i])}
 		r.queuedTok += items[i].tokens
 	}
 
@@ -430,7 +443,7 @@ func (b *Batcher) passThrough(ctx context.Context, pairs []sdk.Pair) ([]float32,
 	b.totalBatches++
 	b.batchedPairs += uint64(len(pairs))
 	b.mu.Unlock()
-	scores, err := b.next.Score(ctx, pairs)
+	scores, err := b.scoreSplit(ctx, pairs)
 	b.mu.Lock()
 	b.pendingPairs -= len(pairs)
 	b.pendingReqs--
@@ -443,6 +456,32 @@ func (b *Batcher) passThrough(ctx context.Context, pairs []sdk.Pair) ([]float32,
 		return nil, fmt.Errorf("batch: backend returned %d scores for %d pairs", len(scores), len(pairs))
 	}
 	return scores, nil
+}
+
+// scoreSplit scores pairs in as few calls as MaxBatchBytes allows, in
+// order.
+func (b *Batcher) scoreSplit(ctx context.Context, pairs []sdk.Pair) ([]float32, error) {
+	var out []float32
+	for start := 0; start < len(pairs); {
+		end, size := start, 0
+		for end < len(pairs) && (end == start || size+sdk.PairBytes(pairs[end]) <= b.cfg.MaxBatchBytes) {
+			size += sdk.PairBytes(pairs[end])
+			end++
+		}
+		if start == 0 && end == len(pairs) {
+			return b.next.Score(ctx, pairs)
+		}
+		scores, err := b.next.Score(ctx, pairs[start:end])
+		if err != nil {
+			return nil, err
+		}
+		if len(scores) != end-start {
+			return nil, fmt.Errorf("batch: backend returned %d scores for %d pairs", len(scores), end-start)
+		}
+		out = append(out, scores...)
+		start = end
+	}
+	return out, nil
 }
 
 // estimate guesses a pair's token count before tokenization: its characters
@@ -557,7 +596,7 @@ func (b *Batcher) frontLocked(c int) *item {
 // their own batch: they would raise the padding of every pair in this one.
 func (b *Batcher) formLocked(head *item) *batchRun {
 	run := &batchRun{}
-	longest := 0
+	longest, size := 0, 0
 	for c := bucketOf(head.tokens); c >= 0 && len(run.items) < b.cfg.MaxBatchSize; c-- {
 		for len(run.items) < b.cfg.MaxBatchSize {
 			it := b.frontLocked(c)
@@ -565,10 +604,11 @@ func (b *Batcher) formLocked(head *item) *batchRun {
 				break
 			}
 			l := max(longest, it.tokens)
-			if len(run.items) > 0 && (len(run.items)+1)*l > b.cfg.MaxBatchTokens {
+			if len(run.items) > 0 && ((len(run.items)+1)*l > b.cfg.MaxBatchTokens || size+it.bytes > b.cfg.MaxBatchBytes) {
 				break
 			}
 			longest = l
+			size += it.bytes
 			b.buckets[c].pop()
 			run.items = append(run.items, it)
 		}

@@ -766,3 +766,59 @@ func TestForDevice(t *testing.T) {
 		}
 	}
 }
+
+// sizeRecorder scores every pair 1 and records each call's message bytes.
+type sizeRecorder struct {
+	mu    sync.Mutex
+	sizes []int
+	pairs int
+}
+
+func (s *sizeRecorder) Score(_ context.Context, pairs []sdk.Pair) ([]float32, error) {
+	n := 0
+	for _, p := range pairs {
+		n += sdk.PairBytes(p)
+	}
+	s.mu.Lock()
+	s.sizes = append(s.sizes, n)
+	s.pairs += len(pairs)
+	s.mu.Unlock()
+	out := make([]float32, len(pairs))
+	for i := range out {
+		out[i] = 1
+	}
+	return out, nil
+}
+
+// A long query is sent once per pair: batches are split by bytes so that
+// each plugin message stays under the gRPC limit, coalescing on or off
+// (issue 13, failure 1: 20 pairs of a 300 KB query made one 6 MB message,
+// which the plugin refused).
+func TestBatchesSplitByBytes(t *testing.T) {
+	f := func(enabled bool) {
+		t.Helper()
+		rec := &sizeRecorder{}
+		b := New(rec, Config{Enabled: enabled, Window: 0, MaxBatchSize: 32, MaxBatchTokens: 1 << 20, MaxQueue: 1000})
+		query := strings.Repeat("q", 300<<10)
+		pairs := make([]sdk.Pair, 20)
+		for i := range pairs {
+			pairs[i] = sdk.Pair{Query: query, Document: fmt.Sprintf("doc %d", i)}
+		}
+		scores, err := b.Score(context.Background(), pairs)
+		if err != nil || len(scores) != len(pairs) {
+			t.Fatalf("enabled=%v: %d scores, %v", enabled, len(scores), err)
+		}
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		if rec.pairs != len(pairs) || len(rec.sizes) < 2 {
+			t.Fatalf("enabled=%v: %d pairs in %d calls", enabled, rec.pairs, len(rec.sizes))
+		}
+		for _, n := range rec.sizes {
+			if n > DefaultMaxBatchBytes || n > sdk.MaxMessageBytes {
+				t.Fatalf("enabled=%v: a call carried %d bytes, over %d", enabled, n, DefaultMaxBatchBytes)
+			}
+		}
+	}
+	f(true)
+	f(false)
+}

@@ -93,6 +93,9 @@ type Limits struct {
 	MaxCandidates int
 	// MaxCandidateChars is the longest candidate in Unicode code points.
 	MaxCandidateChars int
+	// MaxQueryChars is the longest query in Unicode code points; 0 means
+	// no limit.
+	MaxQueryChars int
 }
 
 // Request is a decoded rerank request; it owns its strings.
@@ -190,9 +193,20 @@ func (s *Service) Validate(req *Request) error {
 			Ctx:   map[string]any{"max_length": s.limits.MaxCandidates, "actual_length": n},
 		})
 	}
+	// A string has at least as many bytes as code points: only long ones
+	// need counting.
+	if q := req.Query; s.limits.MaxQueryChars > 0 && len(q) > s.limits.MaxQueryChars {
+		if n := utf8.RuneCountInString(q); n > s.limits.MaxQueryChars {
+			return invalid(FieldError{
+				Type:  "string_too_long",
+				Loc:   []any{"body", "query"},
+				Msg:   fmt.Sprintf("the query is %d characters long, the limit is max_query_chars=%d (RERANK_MAX_QUERY_LENGTH)", n, s.limits.MaxQueryChars),
+				Input: q,
+				Ctx:   map[string]any{"max_length": s.limits.MaxQueryChars},
+			})
+		}
+	}
 	for i, c := range req.Candidates {
-		// A string has at least as many bytes as code points: only long
-		// ones need counting.
 		if len(c) <= s.limits.MaxCandidateChars {
 			continue
 		}

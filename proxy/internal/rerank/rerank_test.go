@@ -32,7 +32,7 @@ func (s *scoreByLength) Score(_ context.Context, pairs []sdk.Pair) ([]float32, e
 	return out, nil
 }
 
-var testLimits = Limits{MaxCandidates: 5, MaxCandidateChars: 10}
+var testLimits = Limits{MaxCandidates: 5, MaxCandidateChars: 10, MaxQueryChars: 20}
 
 func TestRerankOrder(t *testing.T) {
 	f := func(candidates []string, topK int, want []Result) {
@@ -108,6 +108,8 @@ func TestRerankValidation(t *testing.T) {
 	six := []string{"a", "b", "c", "d", "e", "f"}
 	f(Request{Candidates: six}, "too_long", []any{"body", "candidates"}, "max_candidates=5")
 	f(Request{Candidates: []string{"ok", "ééééééééééé"}}, "string_too_long", []any{"body", "candidates", 1}, "max_candidate_chars=10")
+	// Issue 13, failure 1: a query had no limit.
+	f(Request{Query: strings.Repeat("é", 21), Candidates: []string{"a"}}, "string_too_long", []any{"body", "query"}, "max_query_chars=20")
 	f(Request{Candidates: []string{"a"}, TopK: 0, HasTopK: true}, "greater_than_equal", []any{"body", "top_k"}, "greater than or equal to 1")
 	f(Request{Candidates: []string{"a"}, TopK: -3, HasTopK: true}, "greater_than_equal", []any{"body", "top_k"}, "greater than or equal to 1")
 	f(Request{Candidates: []string{"a"}, TopK: 6, HasTopK: true}, "less_than_equal", []any{"body", "top_k"}, "less than or equal to 5")
