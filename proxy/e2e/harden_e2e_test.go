@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A long query with many candidates is answered, its pairs sent to the
@@ -39,5 +40,36 @@ func TestLongQuery(t *testing.T) {
 	if r.code != http.StatusUnprocessableEntity || json.Unmarshal(r.body, &detail) != nil || len(detail.Detail) != 1 ||
 		!strings.Contains(detail.Detail[0].Msg, "max_query_chars=400000") || fmt.Sprint(detail.Detail[0].Loc) != "[body query]" {
 		t.Fatalf("query over the limit: %d %.300s", r.code, r.body)
+	}
+}
+
+// QUANTIZATION=bf16, the replaced server's setting, on the default CPU
+// backend runs the precision the backend has (fp32) and says so in /health
+// and the log, instead of listening with a permanent 503 (issue 13, failure
+// 3: bf16 has no CPU kernels and a failed load was final).
+func TestQuantizationBF16OnCPU(t *testing.T) {
+	requireRuntime(t)
+	s := startServer(t, []string{"QUANTIZATION=bf16", "RERANK_PRECISION="}, "--model", modelDir(t, "tiny-bert"))
+	limit := time.Now().Add(3 * time.Minute)
+	var h health
+	for {
+		_, h = s.health(t)
+		if h.Status == "ok" {
+			break
+		}
+		if h.Status == "failed" || time.Now().After(limit) {
+			t.Fatalf("/health %+v, want ok", h)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	note, _ := h.ModelInfo["precision_alias"].(string)
+	if h.ModelInfo["precision"] != "fp32" || !strings.Contains(note, "QUANTIZATION=bf16 runs as fp32") {
+		t.Fatalf("model_info %v: want fp32 and a precision_alias saying QUANTIZATION=bf16 runs as fp32", h.ModelInfo)
+	}
+	if !strings.Contains(s.logs.String(), "QUANTIZATION=bf16: the cpu backend has no bf16 kernels") {
+		t.Fatalf("the log does not say what QUANTIZATION=bf16 became:\n%s", s.logs.String())
+	}
+	if r := s.post(t, `{"query":"q","candidates":["a","b"]}`); r.code != http.StatusOK {
+		t.Fatalf("rerank: %d %s", r.code, r.body)
 	}
 }

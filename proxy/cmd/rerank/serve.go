@@ -39,6 +39,9 @@ type serveConfig struct {
 	maxCandidates     int
 	maxCandidateChars int
 	maxQueryChars     int
+	// quantization is QUANTIZATION's value when it set the precision
+	// (resolved per backend by aliasPrecision), else empty.
+	quantization string
 	timeout           time.Duration
 	maxBodyBytes      int
 	threads           int
@@ -176,6 +179,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	if q := getenv(quantizationEnv); q != "" && getenv("RERANK_PRECISION") == "" {
 		if p, ok := quantizationAlias(q); ok {
 			c.precision = p
+			c.quantization = strings.ToLower(strings.TrimSpace(q))
 		} else {
 			bad = append(bad, fmt.Sprintf("%s=%q: use none, bf16 or int8", quantizationEnv, q))
 		}
@@ -310,8 +314,9 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 			load.ModelDir = dir
 			return err
 		},
-		Logger:  logger,
-		Metrics: modelMetrics,
+		PrecisionFor: aliasPrecision(c.quantization, logger),
+		Logger:       logger,
+		Metrics:      modelMetrics,
 	})
 	if err != nil {
 		return err
@@ -323,7 +328,7 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	// registers its Stats() as a /health section.
 	sections := map[string]func() any{
 		"backend":    func() any { return sup.Stats() },
-		"model_info": func() any { return modelInfoSection(sup.Status().Model) },
+		"model_info": func() any { return modelInfoSection(sup.Status().Model, c.quantization) },
 	}
 	var next rerank.Scorer = sup
 
@@ -435,15 +440,19 @@ type modelInfo struct {
 	MaxLength     int    `json:"max_length"`
 	Activation    string `json:"activation"`
 	PrecisionNote string `json:"precision_note,omitempty"`
+	// PrecisionAlias says what QUANTIZATION asked for and what it became
+	// on this backend, when it set the precision.
+	PrecisionAlias string `json:"precision_alias,omitempty"`
 	VariantFile   string `json:"variant_file,omitempty"`
 }
 
 // modelInfoSection is nil (JSON null) until the model is loaded.
-func modelInfoSection(m *sdk.ModelInfo) *modelInfo {
+func modelInfoSection(m *sdk.ModelInfo, quantization string) *modelInfo {
 	if m == nil {
 		return nil
 	}
 	return &modelInfo{
+		PrecisionAlias: aliasNote(quantization, m.Backend, m.Precision),
 		Name: m.Name, Precision: string(m.Precision), Quantization: m.Quantization, Source: m.Source,
 		Backend: m.Backend, Device: m.Device, Revision: m.Revision, MaxLength: m.MaxLength,
 		Activation: m.Activation, PrecisionNote: m.Details["precision_note"], VariantFile: m.Details["variant_file"],

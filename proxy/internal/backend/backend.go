@@ -59,6 +59,11 @@ type Config struct {
 	// model's identity (the score cache) set themselves up for it here. ctx
 	// ends when the supervisor is closed.
 	OnLoad func(ctx context.Context, info sdk.ModelInfo)
+	// PrecisionFor, when set, returns the precision to load on the backend
+	// kind being started, given Load.Precision: an alias whose meaning
+	// depends on the backend (QUANTIZATION=bf16) resolves here, once auto
+	// has picked the kind.
+	PrecisionFor func(kind string, configured sdk.Precision) sdk.Precision
 	// Logger receives the supervisor's and the plugin's logs.
 	Logger hclog.Logger
 	// RestartDelay is the first wait before restarting a crashed plugin; it
@@ -369,7 +374,11 @@ func (s *Supervisor) start(kind string) error {
 		return fail(fmt.Errorf("backend: %s: dispensed %T, not an sdk.Backend", path, raw))
 	}
 	start := time.Now()
-	info, err := b.Load(s.ctx, s.cfg.Load)
+	load := s.cfg.Load
+	if s.cfg.PrecisionFor != nil {
+		load.Precision = s.cfg.PrecisionFor(kind, load.Precision)
+	}
+	info, err := b.Load(s.ctx, load)
 	if err != nil {
 		return fail(fmt.Errorf("backend: %s cannot load %s: %w", BinaryPrefix+kind, s.cfg.Load.ModelDir, err))
 	}
