@@ -41,7 +41,7 @@ type serveConfig struct {
 	maxQueryChars     int
 	// quantization is QUANTIZATION's value when it set the precision
 	// (resolved per backend by aliasPrecision), else empty.
-	quantization string
+	quantization      string
 	timeout           time.Duration
 	maxBodyBytes      int
 	threads           int
@@ -443,7 +443,7 @@ type modelInfo struct {
 	// PrecisionAlias says what QUANTIZATION asked for and what it became
 	// on this backend, when it set the precision.
 	PrecisionAlias string `json:"precision_alias,omitempty"`
-	VariantFile   string `json:"variant_file,omitempty"`
+	VariantFile    string `json:"variant_file,omitempty"`
 }
 
 // modelInfoSection is nil (JSON null) until the model is loaded.
@@ -453,7 +453,7 @@ func modelInfoSection(m *sdk.ModelInfo, quantization string) *modelInfo {
 	}
 	return &modelInfo{
 		PrecisionAlias: aliasNote(quantization, m.Backend, m.Precision),
-		Name: m.Name, Precision: string(m.Precision), Quantization: m.Quantization, Source: m.Source,
+		Name:           m.Name, Precision: string(m.Precision), Quantization: m.Quantization, Source: m.Source,
 		Backend: m.Backend, Device: m.Device, Revision: m.Revision, MaxLength: m.MaxLength,
 		Activation: m.Activation, PrecisionNote: m.Details["precision_note"], VariantFile: m.Details["variant_file"],
 	}
