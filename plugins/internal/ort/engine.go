@@ -109,6 +109,9 @@ type model struct {
 	maxLength int
 	maxBatch  int
 	padID     int64
+	// padLongest runs arrival-order chunks padded to their longest pair
+	// instead of length-matched runs (PaddingOption "longest").
+	padLongest bool
 	// feeds pools the buffers behind the input and output tensors, so a
 	// steady stream of batches allocates nothing per batch once warm.
 	feeds sync.Pool
@@ -131,6 +134,13 @@ const tokenBudget = 32 * 512
 // MaxBatchSizeOption is the LoadConfig.Options key that overrides the
 // largest batch run in one inference.
 const MaxBatchSizeOption = "max_batch_size"
+
+// PaddingOption is the LoadConfig.Options key that chooses how a Score
+// call's pairs are grouped into runs: "split" (the default) sorts them by
+// length and runs length-matched groups (planRuns), "longest" runs them in
+// arrival order in chunks of MaxBatchSize, each padded to its longest pair,
+// as before issue 14; it is kept to measure what splitting buys.
+const PaddingOption = "padding"
 
 // Load loads the model in cfg.ModelDir and creates its session. It fails
 // with an error wrapping sdk.ErrUnavailable when the ONNX Runtime library or
@@ -207,6 +217,14 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 		}
 		maxBatch = n
 	}
+	padLongest := false
+	switch v := cfg.Options[PaddingOption]; v {
+	case "", "split":
+	case "longest":
+		padLongest = true
+	default:
+		return nil, fmt.Errorf("ort: option %s=%q is not split or longest: %w", PaddingOption, v, sdk.ErrInvalidInput)
+	}
 	tokPath := filepath.Join(cfg.ModelDir, "tokenizer.json")
 	tokJSON, err := os.ReadFile(tokPath)
 	if err != nil {
@@ -257,14 +275,15 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 		name = filepath.Base(filepath.Clean(cfg.ModelDir))
 	}
 	m := &model{
-		session:   session,
-		enc:       enc,
-		inputs:    inputs,
-		numLabels: numLabels,
-		act:       act,
-		maxLength: maxLength,
-		maxBatch:  maxBatch,
-		padID:     mc.padID(),
+		session:    session,
+		enc:        enc,
+		inputs:     inputs,
+		numLabels:  numLabels,
+		act:        act,
+		maxLength:  maxLength,
+		maxBatch:   maxBatch,
+		padID:      mc.padID(),
+		padLongest: padLongest,
 		info: sdk.ModelInfo{
 			Name:            name,
 			Revision:        revision(mf.Revision, tokJSON),
@@ -448,11 +467,13 @@ func (e *Engine) Health(context.Context) (sdk.Health, error) {
 
 // Score returns one score per pair with the model's activation applied. It
 // tokenizes every pair (truncating to the model's max length, longest
-// first), runs batches of at most MaxBatchSize pairs padded to their longest
-// pair, and honours ctx: it checks it before each run, and a context that
-// ends during a run terminates the run through ONNX Runtime's run options
-// (ONNX Runtime stops between graph nodes, so the run ends soon after, not
-// at once).
+// first), splits the pairs into runs of at most MaxBatchSize pairs of
+// similar real length (planRuns: padding within 4% of the real tokens;
+// PaddingOption "longest" restores arrival-order runs), runs each padded to
+// its longest pair, adds what it computed to ctx's sdk.Usage, and honours
+// ctx: it checks it before each run, and a context that ends during a run
+// terminates the run through ONNX Runtime's run options (ONNX Runtime stops
+// between graph nodes, so the run ends soon after, not at once).
 func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) {
 	e.mu.RLock()
 	m, msg := e.model, e.message
@@ -468,6 +489,7 @@ func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
 		return scores, nil
 	}
 	encs := make([]tokenizer.Encoding, len(pairs))
+	lengths := make([]int, len(pairs))
 	opt := tokenizer.Options{MaxLength: m.maxLength, Truncation: tokenizer.LongestFirst}
 	for i, p := range pairs {
 		if !utf8.ValidString(p.Query) || !utf8.ValidString(p.Document) {
@@ -481,24 +503,36 @@ func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
 			return nil, fmt.Errorf("%s: pair %d encodes to %d tokens, outside 1..%d: %w", e.backend, i, n, m.maxLength, sdk.ErrInvalidInput)
 		}
 		encs[i] = enc
+		lengths[i] = len(enc.IDs)
+	}
+	var runs []runPlan
+	if m.padLongest {
+		runs, _ = chunkRuns(lengths, m.maxBatch)
+	} else {
+		runs, _ = planRuns(lengths, m.maxBatch)
 	}
 	usage := sdk.UsageFrom(ctx)
-	for start := 0; start < len(encs); start += m.maxBatch {
+	batch := make([]tokenizer.Encoding, 0, m.maxBatch)
+	out := make([]float32, m.maxBatch)
+	for _, r := range runs {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("%s: score: %w", e.backend, err)
 		}
-		end := min(start+m.maxBatch, len(encs))
-		if err := m.run(ctx, encs[start:end], scores[start:end]); err != nil {
+		batch = batch[:0]
+		for _, p := range r.pairs {
+			batch = append(batch, encs[p])
+		}
+		if err := m.run(ctx, batch, out[:len(batch)]); err != nil {
 			return nil, fmt.Errorf("%s: %w", e.backend, err)
 		}
+		for k, p := range r.pairs {
+			scores[p] = out[k]
+		}
 		if usage != nil {
-			tokens, longest := 0, 0
-			for _, enc := range encs[start:end] {
-				tokens += len(enc.IDs)
-				longest = max(longest, len(enc.IDs))
+			for _, p := range r.pairs {
+				usage.Tokens += int64(lengths[p])
 			}
-			usage.Tokens += int64(tokens)
-			usage.PaddedTokens += int64(longest * (end - start))
+			usage.PaddedTokens += int64(r.seq * len(r.pairs))
 		}
 	}
 	return scores, nil

@@ -247,6 +247,11 @@ func (s *Supervisor) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, er
 	s.pairs.Add(uint64(len(pairs)))
 	s.batches.Add(1)
 	s.cfg.Metrics.Batch(len(pairs), time.Since(start), usage.Tokens, usage.PaddedTokens)
+	if outer := sdk.UsageFrom(ctx); outer != nil {
+		// The batcher asked too: it totals the usage for /health.
+		outer.Tokens += usage.Tokens
+		outer.PaddedTokens += usage.PaddedTokens
+	}
 	return scores, nil
 }
 

@@ -227,6 +227,14 @@ type Stats struct {
 	// DuplicatePairs counts pairs answered by an identical pair in the same
 	// batch instead of being scored again.
 	DuplicatePairs uint64 `json:"duplicate_pairs"`
+	// Tokens counts the real tokens of the pairs scored, as the plugin
+	// reports them (sdk.Usage; 0 from a plugin that reports nothing).
+	Tokens uint64 `json:"tokens"`
+	// PaddedTokens counts the padding positions the plugin computed on top
+	// of Tokens.
+	PaddedTokens uint64 `json:"padded_tokens"`
+	// PaddedShare is PaddedTokens over all the positions computed.
+	PaddedShare float64 `json:"padded_share"`
 }
 
 // Batcher is the micro-batching pipeline stage. It is safe for concurrent use.
@@ -258,6 +266,8 @@ type Batcher struct {
 	dropped       uint64
 	duplicates    uint64
 	shed          uint64
+	tokens        uint64 // real tokens the plugin reported
+	computed      uint64 // positions it computed, padding included
 
 	// afterEnqueue and afterBatch, when set by tests, run after a request
 	// is queued and after a finished batch has been accounted for.
@@ -443,8 +453,10 @@ func (b *Batcher) passThrough(ctx context.Context, pairs []sdk.Pair) ([]float32,
 	b.totalBatches++
 	b.batchedPairs += uint64(len(pairs))
 	b.mu.Unlock()
-	scores, err := b.scoreSplit(ctx, pairs)
+	var usage sdk.Usage
+	scores, err := b.scoreSplit(sdk.WithUsage(ctx, &usage), pairs)
 	b.mu.Lock()
+	b.countUsageLocked(usage, err)
 	b.pendingPairs -= len(pairs)
 	b.pendingReqs--
 	b.inFlight--
@@ -673,13 +685,15 @@ func (b *Batcher) launchLocked(run *batchRun) {
 
 // execute calls the next stage and hands each request its scores.
 func (b *Batcher) execute(ctx context.Context, run *batchRun) {
-	scores, err := b.next.Score(ctx, run.pairs)
+	var usage sdk.Usage
+	scores, err := b.next.Score(sdk.WithUsage(ctx, &usage), run.pairs)
 	if err == nil && len(scores) != len(run.pairs) {
 		err = fmt.Errorf("batch: backend returned %d scores for %d pairs", len(scores), len(run.pairs))
 	} else if err != nil {
 		err = fmt.Errorf("batch: scoring %d pairs: %w", len(run.pairs), err)
 	}
 	b.mu.Lock()
+	b.countUsageLocked(usage, err)
 	run.running = false
 	run.cancel()
 	b.inFlight--
@@ -706,6 +720,16 @@ func (b *Batcher) execute(ctx context.Context, run *batchRun) {
 	b.mu.Unlock()
 	if hook != nil {
 		hook()
+	}
+}
+
+// countUsageLocked adds a successful call's reported usage to the totals
+// /health shows; a report that cannot be right (fewer positions computed
+// than real tokens) is left out.
+func (b *Batcher) countUsageLocked(u sdk.Usage, err error) {
+	if err == nil && u.Tokens >= 0 && u.PaddedTokens >= u.Tokens {
+		b.tokens += uint64(u.Tokens)
+		b.computed += uint64(u.PaddedTokens)
 	}
 }
 
@@ -780,6 +804,11 @@ func (b *Batcher) Stats() Stats {
 		ShedRequests:     b.shed,
 		DroppedPairs:     b.dropped,
 		DuplicatePairs:   b.duplicates,
+		Tokens:           b.tokens,
+		PaddedTokens:     b.computed - b.tokens,
+	}
+	if b.computed > 0 {
+		s.PaddedShare = float64(b.computed-b.tokens) / float64(b.computed)
 	}
 	if b.rateDur > 0 {
 		s.TokensPerSec = b.rateTok / b.rateDur

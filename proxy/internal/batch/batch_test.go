@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -817,6 +818,42 @@ func TestBatchesSplitByBytes(t *testing.T) {
 			if n > DefaultMaxBatchBytes || n > sdk.MaxMessageBytes {
 				t.Fatalf("enabled=%v: a call carried %d bytes, over %d", enabled, n, DefaultMaxBatchBytes)
 			}
+		}
+	}
+	f(true)
+	f(false)
+}
+
+// usageScorer answers at once with refScores and reports, like a plugin,
+// a token per character and one padding position per pair.
+type usageScorer struct{}
+
+func (usageScorer) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) {
+	if u := sdk.UsageFrom(ctx); u != nil {
+		for _, p := range pairs {
+			n := int64(len(p.Query) + len(p.Document))
+			u.Tokens += n
+			u.PaddedTokens += n + 1
+		}
+	}
+	return refScores(pairs), nil
+}
+
+func TestUsageCounted(t *testing.T) {
+	f := func(enabled bool) {
+		t.Helper()
+		b := New(usageScorer{}, Config{Enabled: enabled})
+		pairs := mkPairs("qq", "abc", "de")
+		for i := 0; i < 3; i++ {
+			got, err := b.Score(context.Background(), pairs)
+			if err != nil || !slices.Equal(got, refScores(pairs)) {
+				t.Fatalf("Score: %v, %v", got, err)
+			}
+		}
+		st := b.Stats()
+		// 3 calls × (5 + 4 characters, 2 padding positions).
+		if st.Tokens != 27 || st.PaddedTokens != 6 || math.Abs(st.PaddedShare-6.0/33) > 1e-12 {
+			t.Fatalf("enabled=%v: stats %+v", enabled, st)
 		}
 	}
 	f(true)
