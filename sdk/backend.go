@@ -3,6 +3,7 @@ package sdk
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 // Pair is one (query, document) pair to score.
@@ -11,7 +12,31 @@ type Pair struct {
 	Query string
 	// Document is the candidate passage.
 	Document string
+	// Options change how the pair is scored; the zero value is the
+	// defaults. Two pairs with different options are different pairs: they
+	// may score differently and are cached apart.
+	Options PairOptions
 }
+
+// PairOptions are the per-request scoring options a client may ask for.
+// They travel to the plugin from protocol minor version 1 on; a plugin of an
+// older minor version cannot honour them, and the proxy refuses to send them
+// to one (see Client.Score).
+type PairOptions struct {
+	// Raw asks for the raw logit instead of the score with the model's
+	// activation applied.
+	Raw bool
+	// MaxDocumentTokens, when positive, cuts the document to at most this
+	// many tokens (special tokens not counted) before the pair is truncated
+	// to the model's max length; the query is never cut by it.
+	MaxDocumentTokens int
+	// Strict refuses a pair that does not fit the model's max length with
+	// ErrTooLong instead of truncating it.
+	Strict bool
+}
+
+// IsZero reports whether o asks for nothing but the defaults.
+func (o PairOptions) IsZero() bool { return o == PairOptions{} }
 
 // Precision names the numeric format the model runs at.
 type Precision string
@@ -118,8 +143,10 @@ type Backend interface {
 	// Load loads the model and returns when it is ready. It is called once.
 	Load(ctx context.Context, cfg LoadConfig) (ModelInfo, error)
 	// Score returns one score per pair, in order, with the model's activation
-	// applied. It returns ErrNotLoaded before Load succeeded and
-	// ErrInvalidInput for pairs it cannot encode. It honours ctx's deadline.
+	// applied unless the pair's options ask for the raw logit. It returns
+	// ErrNotLoaded before Load succeeded, ErrTooLong for a strict pair over
+	// the max length and ErrInvalidInput for pairs it cannot encode. It
+	// honours ctx's deadline.
 	Score(ctx context.Context, pairs []Pair) ([]float32, error)
 	// Health reports the loading state.
 	Health(ctx context.Context) (Health, error)
@@ -130,6 +157,10 @@ type Backend interface {
 var (
 	// ErrInvalidInput means the request cannot be served as given.
 	ErrInvalidInput = errors.New("invalid input")
+	// ErrTooLong means a pair does not fit the model's max length and the
+	// request asked for an error instead of truncation (PairOptions.Strict).
+	// It wraps ErrInvalidInput: the client's input is at fault.
+	ErrTooLong = fmt.Errorf("input too long: %w", ErrInvalidInput)
 	// ErrNotLoaded means the model is not loaded (yet, or it failed).
 	ErrNotLoaded = errors.New("model not loaded")
 	// ErrOverloaded means the backend refuses work for now.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -23,8 +25,13 @@ const ProtocolVersion = 1
 
 // MinorVersion counts additive changes within ProtocolVersion; plugins report
 // it in ModelInfo and the proxy logs it. 1: ScoreResponse reports the
-// call's Usage (tokens and padded tokens).
-const MinorVersion uint32 = 1
+// call's Usage (tokens and padded tokens). 2: Pair.Options.
+const MinorVersion uint32 = 2
+
+// MinorPairOptions is the first minor version whose plugins honour
+// Pair.Options; Client.Score refuses options for an older plugin rather
+// than let it ignore them silently.
+const MinorPairOptions uint32 = 2
 
 // PluginName is the name under which the backend is dispensed.
 const PluginName = "backend"
@@ -134,6 +141,9 @@ func (s *grpcServer) Score(ctx context.Context, req *pb.ScoreRequest) (*pb.Score
 	pairs := make([]Pair, len(req.GetPairs()))
 	for i, p := range req.GetPairs() {
 		pairs[i] = Pair{Query: p.GetQuery(), Document: p.GetDocument()}
+		if o := p.GetOptions(); o != nil {
+			pairs[i].Options = PairOptions{Raw: o.GetRawScores(), MaxDocumentTokens: int(o.GetMaxDocumentTokens()), Strict: o.GetStrict()}
+		}
 	}
 	var usage Usage
 	scores, err := s.impl.Score(WithUsage(ctx, &usage), pairs)
@@ -161,6 +171,16 @@ func (s *grpcServer) Health(ctx context.Context, _ *pb.HealthRequest) (*pb.Healt
 // Client is the proxy-side Backend that calls a plugin over gRPC.
 type Client struct {
 	rpc pb.BackendClient
+	// minor is the plugin's reported minor version plus one; 0 until a
+	// Load or Health answer has told it.
+	minor atomic.Uint32
+}
+
+// noteMinor records the minor version of the plugin's answer.
+func (c *Client) noteMinor(p *pb.ModelInfo) {
+	if p != nil {
+		c.minor.Store(p.GetSdkMinorVersion() + 1)
+	}
 }
 
 var _ Backend = (*Client)(nil)
@@ -181,6 +201,7 @@ func (c *Client) Load(ctx context.Context, cfg LoadConfig) (ModelInfo, error) {
 	if err != nil {
 		return ModelInfo{}, fromStatus(err)
 	}
+	c.noteMinor(resp.GetModel())
 	return infoFromProto(resp.GetModel()), nil
 }
 
@@ -188,11 +209,22 @@ func (c *Client) Load(ctx context.Context, cfg LoadConfig) (ModelInfo, error) {
 // When ctx carries a Usage (WithUsage), the plugin's report is added to it.
 // Pairs that would make a message over MaxMessageBytes are refused before
 // sending, with an error wrapping ErrInvalidInput: the caller splits batches
-// by bytes (PairBytes), so only a single oversized pair gets here.
+// by bytes (PairBytes), so only a single oversized pair gets here. Pairs
+// with options are refused with ErrInvalidInput when the plugin's minor
+// version predates them (or is not known yet): an old plugin would drop the
+// options unread and score with the defaults.
 func (c *Client) Score(ctx context.Context, pairs []Pair) ([]float32, error) {
 	req := &pb.ScoreRequest{Pairs: make([]*pb.Pair, len(pairs))}
 	for i := range pairs {
-		req.Pairs[i] = &pb.Pair{Query: pairs[i].Query, Document: pairs[i].Document}
+		p := &pb.Pair{Query: pairs[i].Query, Document: pairs[i].Document}
+		if o := pairs[i].Options; !o.IsZero() {
+			if m := c.minor.Load(); m == 0 || m-1 < MinorPairOptions {
+				return nil, fmt.Errorf("sdk: the plugin speaks protocol minor version %s, which cannot honour per-request scoring options (raw scores, max tokens per document, strict truncation; minor %d and later can): %w",
+					minorString(m), MinorPairOptions, ErrInvalidInput)
+			}
+			p.Options = &pb.PairOptions{RawScores: o.Raw, MaxDocumentTokens: int32(min(o.MaxDocumentTokens, math.MaxInt32)), Strict: o.Strict}
+		}
+		req.Pairs[i] = p
 	}
 	if n := proto.Size(req); n > MaxMessageBytes {
 		return nil, fmt.Errorf("sdk: %d pairs make a %d-byte message, over the plugin's %d-byte message limit: %w", len(pairs), n, MaxMessageBytes, ErrInvalidInput)
@@ -218,11 +250,20 @@ func (c *Client) Health(ctx context.Context) (Health, error) {
 		return Health{}, fromStatus(err)
 	}
 	h := Health{State: State(resp.GetState()), Message: resp.GetMessage()}
+	c.noteMinor(resp.GetModel())
 	if resp.GetModel() != nil {
 		info := infoFromProto(resp.GetModel())
 		h.Model = &info
 	}
 	return h, nil
+}
+
+// minorString renders a Client.minor value.
+func minorString(m uint32) string {
+	if m == 0 {
+		return "(not known yet)"
+	}
+	return fmt.Sprint(m - 1)
 }
 
 func infoToProto(i *ModelInfo) *pb.ModelInfo {
@@ -263,6 +304,8 @@ func infoFromProto(p *pb.ModelInfo) ModelInfo {
 func toStatus(err error) error {
 	code := codes.Internal
 	switch {
+	case errors.Is(err, ErrTooLong):
+		code = codes.OutOfRange
 	case errors.Is(err, ErrInvalidInput):
 		code = codes.InvalidArgument
 	case errors.Is(err, ErrNotLoaded):
@@ -287,6 +330,8 @@ func fromStatus(err error) error {
 	}
 	var sentinel error
 	switch st.Code() {
+	case codes.OutOfRange:
+		sentinel = ErrTooLong
 	case codes.InvalidArgument:
 		sentinel = ErrInvalidInput
 	case codes.FailedPrecondition:
@@ -317,8 +362,9 @@ const MaxMessageBytes = 4 << 20
 
 // pairOverheadBytes bounds the protobuf framing of one pair in a
 // ScoreRequest: a tag and a length for the pair and for each of its two
-// strings (at most 1 + 5 bytes each).
-const pairOverheadBytes = 18
+// strings (at most 1 + 5 bytes each), and its options when set (a tag and a
+// length, two booleans of 2 bytes and an int32 of at most 1 + 5: 16).
+const pairOverheadBytes = 18 + 16
 
 // PairBytes bounds the bytes pair p adds to a Score message, for splitting
 // batches under MaxMessageBytes.

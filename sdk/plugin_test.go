@@ -253,3 +253,34 @@ func BenchmarkProtocolScore(b *testing.B) {
 		})
 	}
 }
+
+// TestPairOptionsRoundTrip checks that every scoring option reaches the
+// plugin as sent, pair by pair, and that ErrTooLong survives the trip.
+func TestPairOptionsRoundTrip(t *testing.T) {
+	b := &recordingBackend{info: sdk.ModelInfo{Name: "m"}}
+	c := connect(t, b)
+	ctx := context.Background()
+	if _, err := c.Load(ctx, sdk.LoadConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	pairs := []sdk.Pair{
+		{Query: "q", Document: "a"},
+		{Query: "q", Document: "b", Options: sdk.PairOptions{Raw: true}},
+		{Query: "q", Document: "c", Options: sdk.PairOptions{MaxDocumentTokens: 7}},
+		{Query: "q", Document: "d", Options: sdk.PairOptions{Strict: true, Raw: true, MaxDocumentTokens: 1 << 20}},
+	}
+	if _, err := c.Score(ctx, pairs); err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	got := b.pairs
+	b.mu.Unlock()
+	if !reflect.DeepEqual(got, pairs) {
+		t.Errorf("plugin got %+v\nwant %+v", got, pairs)
+	}
+	b.set(func(r *recordingBackend) { r.err = fmt.Errorf("pair 0 is 900 tokens: %w", sdk.ErrTooLong) })
+	_, err := c.Score(ctx, pairs[:1])
+	if !errors.Is(err, sdk.ErrTooLong) || !errors.Is(err, sdk.ErrInvalidInput) || !strings.Contains(err.Error(), "900 tokens") {
+		t.Errorf("Score: %v, want ErrTooLong (an ErrInvalidInput) with the plugin's message", err)
+	}
+}

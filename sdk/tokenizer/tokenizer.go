@@ -27,6 +27,10 @@ const (
 // the chosen strategy, e.g. OnlySecond with a query longer than MaxLength.
 var ErrTooShort = errors.New("tokenizer: sequence to truncate too short to respect max_length")
 
+// ErrTooLong is returned (wrapped) when Options.Strict is set and the input
+// does not fit MaxLength.
+var ErrTooLong = errors.New("tokenizer: input longer than max_length")
+
 // Options controls one encoding.
 type Options struct {
 	// MaxLength caps the encoding's length, special tokens included; 0 means no cap.
@@ -34,6 +38,14 @@ type Options struct {
 	// Truncation is the strategy used when the pair exceeds MaxLength; empty
 	// means LongestFirst.
 	Truncation Truncation
+	// MaxSecondLength, when positive, cuts the second sequence of a pair
+	// (the document) to at most this many tokens, special tokens not
+	// counted, before MaxLength applies; the first sequence is never cut by
+	// it. It has no effect on single sequences.
+	MaxSecondLength int
+	// Strict makes an encoding longer than MaxLength (after
+	// MaxSecondLength) fail with ErrTooLong instead of being truncated.
+	Strict bool
 }
 
 // Encoding is a tokenized pair, ready for a model. The three slices have the
@@ -113,6 +125,13 @@ func (t *Tokenizer) EncodePair(query, document string, opt Options) (Encoding, e
 	sc.a = t.encodeSequence(sc.a[:0], query, sc)
 	sc.b = t.encodeSequence(sc.b[:0], document, sc)
 	a, b := sc.a, sc.b
+	if opt.MaxSecondLength > 0 && len(b) > opt.MaxSecondLength {
+		b = b[:opt.MaxSecondLength]
+	}
+	if opt.Strict && opt.MaxLength > 0 && len(a)+len(b)+added > opt.MaxLength {
+		return Encoding{}, fmt.Errorf("%w: the pair is %d tokens (query %d, document %d, special %d), the limit is %d",
+			ErrTooLong, len(a)+len(b)+added, len(a), len(b), added, opt.MaxLength)
+	}
 	if opt.MaxLength > 0 {
 		var err error
 		if a, b, err = truncatePair(a, b, opt.MaxLength-added, opt.Truncation); err != nil {
@@ -133,6 +152,9 @@ func (t *Tokenizer) Encode(text string, opt Options) (Encoding, error) {
 	defer t.putScratch(sc)
 	sc.a = t.encodeSequence(sc.a[:0], text, sc)
 	a := sc.a
+	if opt.Strict && opt.MaxLength > 0 && len(a)+added > opt.MaxLength {
+		return Encoding{}, fmt.Errorf("%w: the sequence is %d tokens (special %d), the limit is %d", ErrTooLong, len(a)+added, added, opt.MaxLength)
+	}
 	if budget := opt.MaxLength - added; opt.MaxLength > 0 && len(a) > budget {
 		if opt.Truncation == OnlySecond {
 			return Encoding{}, fmt.Errorf("%w: only_second truncation needs a second sequence", ErrTooShort)

@@ -414,3 +414,44 @@ func FuzzFromBytes(f *testing.F) {
 		}
 	})
 }
+
+// TestMaxSecondLengthAndStrict checks the per-request options: the document
+// side alone is cut to MaxSecondLength (the query keeps every token), and
+// Strict refuses what MaxLength would otherwise truncate, after the document
+// cut.
+func TestMaxSecondLengthAndStrict(t *testing.T) {
+	tok := loadTok(t, "minilm")
+	// [CLS] hello , world ! [SEP] a b c d [SEP]
+	full, err := tok.EncodePair("Hello, World!", "a b c d", Options{})
+	if err != nil || len(full.IDs) != 11 {
+		t.Fatalf("full pair: %v %v", full.IDs, err)
+	}
+	f := func(opt Options, wantLen int, wantErr error) {
+		t.Helper()
+		e, err := tok.EncodePair("Hello, World!", "a b c d", opt)
+		if wantErr != nil {
+			if !errors.Is(err, wantErr) {
+				t.Errorf("%+v: err %v, want %v", opt, err, wantErr)
+			}
+			return
+		}
+		if err != nil {
+			t.Errorf("%+v: %v", opt, err)
+			return
+		}
+		if len(e.IDs) != wantLen || !slices.Equal(e.IDs[:len(e.IDs)-1], full.IDs[:len(e.IDs)-1]) || e.IDs[len(e.IDs)-1] != 102 {
+			t.Errorf("%+v: got %v, want the first %d-1 ids of %v and [SEP]", opt, e.IDs, wantLen, full.IDs)
+		}
+	}
+	f(Options{MaxSecondLength: 2}, 9, nil)
+	f(Options{MaxSecondLength: 4}, 11, nil)
+	f(Options{MaxSecondLength: 100}, 11, nil)
+	f(Options{MaxSecondLength: 2, MaxLength: 512}, 9, nil)
+	f(Options{MaxLength: 10, Strict: true}, 0, ErrTooLong)
+	f(Options{MaxLength: 11, Strict: true}, 11, nil)
+	f(Options{MaxLength: 10, Strict: true, MaxSecondLength: 3}, 10, nil)
+	f(Options{MaxLength: 5, Strict: true, MaxSecondLength: 1}, 0, ErrTooLong)
+	if _, err := tok.Encode("Hello, World!", Options{MaxLength: 4, Strict: true}); !errors.Is(err, ErrTooLong) {
+		t.Errorf("strict single sequence: %v", err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -465,15 +466,18 @@ func (e *Engine) Health(context.Context) (sdk.Health, error) {
 	return h, nil
 }
 
-// Score returns one score per pair with the model's activation applied. It
-// tokenizes every pair (truncating to the model's max length, longest
-// first), splits the pairs into runs of at most MaxBatchSize pairs of
-// similar real length (planRuns: padding within 4% of the real tokens;
-// PaddingOption "longest" restores arrival-order runs), runs each padded to
-// its longest pair, adds what it computed to ctx's sdk.Usage, and honours
-// ctx: it checks it before each run, and a context that ends during a run
-// terminates the run through ONNX Runtime's run options (ONNX Runtime stops
-// between graph nodes, so the run ends soon after, not at once).
+// Score returns one score per pair with the model's activation applied, or
+// the raw logit for pairs whose options ask for it. It tokenizes every pair
+// (cutting the document to the pair's MaxDocumentTokens, then truncating to
+// the model's max length, longest first, or refusing a strict pair that does
+// not fit with sdk.ErrTooLong), splits the pairs into runs of at most
+// MaxBatchSize pairs of similar real length (planRuns: padding within 4% of
+// the real tokens; PaddingOption "longest" restores arrival-order runs), runs
+// each padded to its longest pair, adds what it computed to ctx's sdk.Usage,
+// and honours ctx: it checks it before each run, and a context that ends
+// during a run terminates the run through ONNX Runtime's run options (ONNX
+// Runtime stops between graph nodes, so the run ends soon after, not at
+// once).
 func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) {
 	e.mu.RLock()
 	m, msg := e.model, e.message
@@ -490,12 +494,21 @@ func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
 	}
 	encs := make([]tokenizer.Encoding, len(pairs))
 	lengths := make([]int, len(pairs))
-	opt := tokenizer.Options{MaxLength: m.maxLength, Truncation: tokenizer.LongestFirst}
 	for i, p := range pairs {
 		if !utf8.ValidString(p.Query) || !utf8.ValidString(p.Document) {
 			return nil, fmt.Errorf("%s: pair %d is not valid UTF-8: %w", e.backend, i, sdk.ErrInvalidInput)
 		}
+		if p.Options.MaxDocumentTokens < 0 {
+			return nil, fmt.Errorf("%s: pair %d: max document tokens %d is negative: %w", e.backend, i, p.Options.MaxDocumentTokens, sdk.ErrInvalidInput)
+		}
+		// The pair's options: the document side cut first, then the
+		// whole pair truncated (or, strict, refused) at the max length.
+		opt := tokenizer.Options{MaxLength: m.maxLength, Truncation: tokenizer.LongestFirst,
+			MaxSecondLength: p.Options.MaxDocumentTokens, Strict: p.Options.Strict}
 		enc, err := m.enc.EncodePair(p.Query, p.Document, opt)
+		if errors.Is(err, tokenizer.ErrTooLong) {
+			return nil, fmt.Errorf("%s: pair %d: %v: %w", e.backend, i, err, sdk.ErrTooLong)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: cannot tokenize pair %d: %v: %w", e.backend, i, err, sdk.ErrInvalidInput)
 		}
@@ -535,6 +548,18 @@ func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
 			usage.PaddedTokens += int64(r.seq * len(r.pairs))
 		}
 	}
+	// run left logits; each pair gets the model's activation unless it asks
+	// for the raw logit.
+	for i, x := range scores {
+		s := float64(x)
+		if !pairs[i].Options.Raw {
+			s = m.act.fn(s)
+		}
+		if math.IsNaN(s) || math.IsInf(s, 0) {
+			return nil, fmt.Errorf("%s: model produced a non-finite score (%v from logit %v)", e.backend, s, x)
+		}
+		scores[i] = float32(s)
+	}
 	return scores, nil
 }
 
@@ -546,7 +571,8 @@ func grow[T int64 | int32 | float32](buf []T, n int) []T {
 	return buf[:n]
 }
 
-// run scores one batch into out; the caller checks ctx first.
+// run writes one batch's logits into out; the caller checks ctx first and
+// applies the activation.
 func (m *model) run(ctx context.Context, encs []tokenizer.Encoding, out []float32) error {
 	batch, seq := len(encs), 0
 	for _, enc := range encs {
@@ -588,12 +614,7 @@ func (m *model) run(ctx context.Context, encs []tokenizer.Encoding, out []float3
 		return err
 	}
 	for i := range out {
-		x := float64(f.logits[i*m.numLabels])
-		s := m.act.fn(x)
-		if math.IsNaN(s) || math.IsInf(s, 0) {
-			return fmt.Errorf("model produced a non-finite score (%v from logit %v)", s, x)
-		}
-		out[i] = float32(s)
+		out[i] = f.logits[i*m.numLabels]
 	}
 	return nil
 }

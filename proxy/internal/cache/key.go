@@ -109,6 +109,7 @@ func (k *keyer) local(pairs []sdk.Pair) string {
 		buf = append(buf[:0], k.id[:]...)
 		buf = appendField(buf, pairs[i].Query)
 		buf = appendField(buf, pairs[i].Document)
+		buf = appendOptions(buf, pairs[i].Options)
 		out = binary.LittleEndian.AppendUint64(out, maphash.Bytes(k.seeds[0], buf))
 		out = binary.LittleEndian.AppendUint64(out, maphash.Bytes(k.seeds[1], buf))
 	}
@@ -118,12 +119,45 @@ func (k *keyer) local(pairs []sdk.Pair) string {
 
 // shared returns the Redis key of a pair.
 func (k *keyer) shared(p sdk.Pair) string {
-	buf := make([]byte, 0, len(k.id)+16+len(p.Query)+len(p.Document))
+	buf := make([]byte, 0, len(k.id)+16+len(p.Query)+len(p.Document)+optionsSize)
 	buf = append(buf, k.id[:]...)
 	buf = appendField(buf, p.Query)
 	buf = appendField(buf, p.Document)
+	buf = appendOptions(buf, p.Options)
 	sum := sha256.Sum256(buf)
 	return string(sum[:keySize])
+}
+
+// optionsSize is the length of a pair's encoded non-default options: a flags
+// byte and the document token cap as 8 little-endian bytes.
+const optionsSize = 9
+
+// The bits of the options' flags byte.
+const (
+	optionRaw = 1 << iota
+	optionStrict
+)
+
+// appendOptions appends the pair's scoring options, every one of which can
+// change its score (or, strict, turn a truncated score into an error), so
+// that pairs asking for different options never share an entry. The default
+// options append nothing: their keys are the keys of pairs before options
+// existed, and the common path hashes no extra bytes. The encoding stays
+// unambiguous: every field before it is length-prefixed, so a key with
+// options is always optionsSize bytes longer than the same pair's without.
+func appendOptions(b []byte, o sdk.PairOptions) []byte {
+	if o.IsZero() {
+		return b
+	}
+	var flags byte
+	if o.Raw {
+		flags |= optionRaw
+	}
+	if o.Strict {
+		flags |= optionStrict
+	}
+	b = append(b, flags)
+	return binary.LittleEndian.AppendUint64(b, uint64(o.MaxDocumentTokens))
 }
 
 // appendField appends s to b after its length as 8 little-endian bytes.

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"crypto/sha256"
 	"math"
 	"testing"
 	"time"
@@ -190,5 +191,46 @@ func TestBreakerAbandonedProbe(t *testing.T) {
 	}
 	if closed, _ := b.state(); closed {
 		t.Fatal("an abandoned probe closed the breaker")
+	}
+}
+
+// TestKeysSeparateOptions checks that every scoring option is in both kinds
+// of key, so that a raw logit, a document cut short or a strict request is
+// never answered with another request's cached score; and that the default
+// options leave the key as it was before options existed.
+func TestKeysSeparateOptions(t *testing.T) {
+	k := newKeyer(Identity{Name: "m"}.digest())
+	pair := sdk.Pair{Query: "what is go", Document: "go is a language"}
+	variants := []sdk.PairOptions{
+		{},
+		{Raw: true},
+		{Strict: true},
+		{Raw: true, Strict: true},
+		{MaxDocumentTokens: 1},
+		{MaxDocumentTokens: 2},
+		{MaxDocumentTokens: 1, Raw: true},
+		{MaxDocumentTokens: 1 << 20, Strict: true},
+	}
+	local, shared := map[string]int{}, map[string]int{}
+	for i, o := range variants {
+		p := pair
+		p.Options = o
+		lk, sk := k.local([]sdk.Pair{p}), k.shared(p)
+		if j, ok := local[lk]; ok {
+			t.Errorf("options %+v and %+v share a local key", o, variants[j])
+		}
+		if j, ok := shared[sk]; ok {
+			t.Errorf("options %+v and %+v share a shared key", o, variants[j])
+		}
+		local[lk], shared[sk] = i, i
+	}
+	// The default options hash exactly the bytes a pair hashed before:
+	// entries written by an older proxy stay valid.
+	buf := append(k.id[:0:0], k.id[:]...)
+	buf = appendField(buf, pair.Query)
+	buf = appendField(buf, pair.Document)
+	sum := sha256.Sum256(buf)
+	if k.shared(pair) != string(sum[:keySize]) {
+		t.Errorf("the default options changed the shared key")
 	}
 }

@@ -74,7 +74,7 @@ func (x HealthResponse_State) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HealthResponse_State.Descriptor instead.
 func (HealthResponse_State) EnumDescriptor() ([]byte, []int) {
-	return file_rerank_v1_rerank_proto_rawDescGZIP(), []int{7, 0}
+	return file_rerank_v1_rerank_proto_rawDescGZIP(), []int{8, 0}
 }
 
 type LoadRequest struct {
@@ -362,9 +362,13 @@ func (x *LoadResponse) GetModel() *ModelInfo {
 }
 
 type Pair struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Query         string                 `protobuf:"bytes,1,opt,name=query,proto3" json:"query,omitempty"`
-	Document      string                 `protobuf:"bytes,2,opt,name=document,proto3" json:"document,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Query    string                 `protobuf:"bytes,1,opt,name=query,proto3" json:"query,omitempty"`
+	Document string                 `protobuf:"bytes,2,opt,name=document,proto3" json:"document,omitempty"`
+	// options are the request's scoring options; absent means the defaults.
+	// Added in minor version 2: an older plugin ignores them, so the proxy
+	// never sends them to one.
+	Options       *PairOptions `protobuf:"bytes,3,opt,name=options,proto3" json:"options,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -413,6 +417,79 @@ func (x *Pair) GetDocument() string {
 	return ""
 }
 
+func (x *Pair) GetOptions() *PairOptions {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+// PairOptions change how one pair is scored (minor version 2).
+type PairOptions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// raw_scores asks for the logit, without the model's activation.
+	RawScores bool `protobuf:"varint,1,opt,name=raw_scores,json=rawScores,proto3" json:"raw_scores,omitempty"`
+	// max_document_tokens, when positive, cuts the document side to at most
+	// this many tokens before the pair is truncated to max_length.
+	MaxDocumentTokens int32 `protobuf:"varint,2,opt,name=max_document_tokens,json=maxDocumentTokens,proto3" json:"max_document_tokens,omitempty"`
+	// strict refuses a pair longer than max_length (OUT_OF_RANGE) instead of
+	// truncating it.
+	Strict        bool `protobuf:"varint,3,opt,name=strict,proto3" json:"strict,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PairOptions) Reset() {
+	*x = PairOptions{}
+	mi := &file_rerank_v1_rerank_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PairOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PairOptions) ProtoMessage() {}
+
+func (x *PairOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_rerank_v1_rerank_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PairOptions.ProtoReflect.Descriptor instead.
+func (*PairOptions) Descriptor() ([]byte, []int) {
+	return file_rerank_v1_rerank_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PairOptions) GetRawScores() bool {
+	if x != nil {
+		return x.RawScores
+	}
+	return false
+}
+
+func (x *PairOptions) GetMaxDocumentTokens() int32 {
+	if x != nil {
+		return x.MaxDocumentTokens
+	}
+	return 0
+}
+
+func (x *PairOptions) GetStrict() bool {
+	if x != nil {
+		return x.Strict
+	}
+	return false
+}
+
 type ScoreRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pairs         []*Pair                `protobuf:"bytes,1,rep,name=pairs,proto3" json:"pairs,omitempty"`
@@ -422,7 +499,7 @@ type ScoreRequest struct {
 
 func (x *ScoreRequest) Reset() {
 	*x = ScoreRequest{}
-	mi := &file_rerank_v1_rerank_proto_msgTypes[4]
+	mi := &file_rerank_v1_rerank_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -434,7 +511,7 @@ func (x *ScoreRequest) String() string {
 func (*ScoreRequest) ProtoMessage() {}
 
 func (x *ScoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rerank_v1_rerank_proto_msgTypes[4]
+	mi := &file_rerank_v1_rerank_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -447,7 +524,7 @@ func (x *ScoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScoreRequest.ProtoReflect.Descriptor instead.
 func (*ScoreRequest) Descriptor() ([]byte, []int) {
-	return file_rerank_v1_rerank_proto_rawDescGZIP(), []int{4}
+	return file_rerank_v1_rerank_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ScoreRequest) GetPairs() []*Pair {
@@ -472,7 +549,7 @@ type ScoreResponse struct {
 
 func (x *ScoreResponse) Reset() {
 	*x = ScoreResponse{}
-	mi := &file_rerank_v1_rerank_proto_msgTypes[5]
+	mi := &file_rerank_v1_rerank_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -484,7 +561,7 @@ func (x *ScoreResponse) String() string {
 func (*ScoreResponse) ProtoMessage() {}
 
 func (x *ScoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rerank_v1_rerank_proto_msgTypes[5]
+	mi := &file_rerank_v1_rerank_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -497,7 +574,7 @@ func (x *ScoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScoreResponse.ProtoReflect.Descriptor instead.
 func (*ScoreResponse) Descriptor() ([]byte, []int) {
-	return file_rerank_v1_rerank_proto_rawDescGZIP(), []int{5}
+	return file_rerank_v1_rerank_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ScoreResponse) GetScores() []float32 {
@@ -529,7 +606,7 @@ type HealthRequest struct {
 
 func (x *HealthRequest) Reset() {
 	*x = HealthRequest{}
-	mi := &file_rerank_v1_rerank_proto_msgTypes[6]
+	mi := &file_rerank_v1_rerank_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -541,7 +618,7 @@ func (x *HealthRequest) String() string {
 func (*HealthRequest) ProtoMessage() {}
 
 func (x *HealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rerank_v1_rerank_proto_msgTypes[6]
+	mi := &file_rerank_v1_rerank_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -554,7 +631,7 @@ func (x *HealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthRequest.ProtoReflect.Descriptor instead.
 func (*HealthRequest) Descriptor() ([]byte, []int) {
-	return file_rerank_v1_rerank_proto_rawDescGZIP(), []int{6}
+	return file_rerank_v1_rerank_proto_rawDescGZIP(), []int{7}
 }
 
 type HealthResponse struct {
@@ -568,7 +645,7 @@ type HealthResponse struct {
 
 func (x *HealthResponse) Reset() {
 	*x = HealthResponse{}
-	mi := &file_rerank_v1_rerank_proto_msgTypes[7]
+	mi := &file_rerank_v1_rerank_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -580,7 +657,7 @@ func (x *HealthResponse) String() string {
 func (*HealthResponse) ProtoMessage() {}
 
 func (x *HealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rerank_v1_rerank_proto_msgTypes[7]
+	mi := &file_rerank_v1_rerank_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -593,7 +670,7 @@ func (x *HealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthResponse.ProtoReflect.Descriptor instead.
 func (*HealthResponse) Descriptor() ([]byte, []int) {
-	return file_rerank_v1_rerank_proto_rawDescGZIP(), []int{7}
+	return file_rerank_v1_rerank_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *HealthResponse) GetState() HealthResponse_State {
@@ -658,10 +735,16 @@ const file_rerank_v1_rerank_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\":\n" +
 	"\fLoadResponse\x12*\n" +
-	"\x05model\x18\x01 \x01(\v2\x14.rerank.v1.ModelInfoR\x05model\"8\n" +
+	"\x05model\x18\x01 \x01(\v2\x14.rerank.v1.ModelInfoR\x05model\"j\n" +
 	"\x04Pair\x12\x14\n" +
 	"\x05query\x18\x01 \x01(\tR\x05query\x12\x1a\n" +
-	"\bdocument\x18\x02 \x01(\tR\bdocument\"5\n" +
+	"\bdocument\x18\x02 \x01(\tR\bdocument\x120\n" +
+	"\aoptions\x18\x03 \x01(\v2\x16.rerank.v1.PairOptionsR\aoptions\"t\n" +
+	"\vPairOptions\x12\x1d\n" +
+	"\n" +
+	"raw_scores\x18\x01 \x01(\bR\trawScores\x12.\n" +
+	"\x13max_document_tokens\x18\x02 \x01(\x05R\x11maxDocumentTokens\x12\x16\n" +
+	"\x06strict\x18\x03 \x01(\bR\x06strict\"5\n" +
 	"\fScoreRequest\x12%\n" +
 	"\x05pairs\x18\x01 \x03(\v2\x0f.rerank.v1.PairR\x05pairs\"d\n" +
 	"\rScoreResponse\x12\x16\n" +
@@ -696,38 +779,40 @@ func file_rerank_v1_rerank_proto_rawDescGZIP() []byte {
 }
 
 var file_rerank_v1_rerank_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rerank_v1_rerank_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_rerank_v1_rerank_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_rerank_v1_rerank_proto_goTypes = []any{
 	(HealthResponse_State)(0), // 0: rerank.v1.HealthResponse.State
 	(*LoadRequest)(nil),       // 1: rerank.v1.LoadRequest
 	(*ModelInfo)(nil),         // 2: rerank.v1.ModelInfo
 	(*LoadResponse)(nil),      // 3: rerank.v1.LoadResponse
 	(*Pair)(nil),              // 4: rerank.v1.Pair
-	(*ScoreRequest)(nil),      // 5: rerank.v1.ScoreRequest
-	(*ScoreResponse)(nil),     // 6: rerank.v1.ScoreResponse
-	(*HealthRequest)(nil),     // 7: rerank.v1.HealthRequest
-	(*HealthResponse)(nil),    // 8: rerank.v1.HealthResponse
-	nil,                       // 9: rerank.v1.LoadRequest.OptionsEntry
-	nil,                       // 10: rerank.v1.ModelInfo.DetailsEntry
+	(*PairOptions)(nil),       // 5: rerank.v1.PairOptions
+	(*ScoreRequest)(nil),      // 6: rerank.v1.ScoreRequest
+	(*ScoreResponse)(nil),     // 7: rerank.v1.ScoreResponse
+	(*HealthRequest)(nil),     // 8: rerank.v1.HealthRequest
+	(*HealthResponse)(nil),    // 9: rerank.v1.HealthResponse
+	nil,                       // 10: rerank.v1.LoadRequest.OptionsEntry
+	nil,                       // 11: rerank.v1.ModelInfo.DetailsEntry
 }
 var file_rerank_v1_rerank_proto_depIdxs = []int32{
-	9,  // 0: rerank.v1.LoadRequest.options:type_name -> rerank.v1.LoadRequest.OptionsEntry
-	10, // 1: rerank.v1.ModelInfo.details:type_name -> rerank.v1.ModelInfo.DetailsEntry
+	10, // 0: rerank.v1.LoadRequest.options:type_name -> rerank.v1.LoadRequest.OptionsEntry
+	11, // 1: rerank.v1.ModelInfo.details:type_name -> rerank.v1.ModelInfo.DetailsEntry
 	2,  // 2: rerank.v1.LoadResponse.model:type_name -> rerank.v1.ModelInfo
-	4,  // 3: rerank.v1.ScoreRequest.pairs:type_name -> rerank.v1.Pair
-	0,  // 4: rerank.v1.HealthResponse.state:type_name -> rerank.v1.HealthResponse.State
-	2,  // 5: rerank.v1.HealthResponse.model:type_name -> rerank.v1.ModelInfo
-	1,  // 6: rerank.v1.Backend.Load:input_type -> rerank.v1.LoadRequest
-	5,  // 7: rerank.v1.Backend.Score:input_type -> rerank.v1.ScoreRequest
-	7,  // 8: rerank.v1.Backend.Health:input_type -> rerank.v1.HealthRequest
-	3,  // 9: rerank.v1.Backend.Load:output_type -> rerank.v1.LoadResponse
-	6,  // 10: rerank.v1.Backend.Score:output_type -> rerank.v1.ScoreResponse
-	8,  // 11: rerank.v1.Backend.Health:output_type -> rerank.v1.HealthResponse
-	9,  // [9:12] is the sub-list for method output_type
-	6,  // [6:9] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	5,  // 3: rerank.v1.Pair.options:type_name -> rerank.v1.PairOptions
+	4,  // 4: rerank.v1.ScoreRequest.pairs:type_name -> rerank.v1.Pair
+	0,  // 5: rerank.v1.HealthResponse.state:type_name -> rerank.v1.HealthResponse.State
+	2,  // 6: rerank.v1.HealthResponse.model:type_name -> rerank.v1.ModelInfo
+	1,  // 7: rerank.v1.Backend.Load:input_type -> rerank.v1.LoadRequest
+	6,  // 8: rerank.v1.Backend.Score:input_type -> rerank.v1.ScoreRequest
+	8,  // 9: rerank.v1.Backend.Health:input_type -> rerank.v1.HealthRequest
+	3,  // 10: rerank.v1.Backend.Load:output_type -> rerank.v1.LoadResponse
+	7,  // 11: rerank.v1.Backend.Score:output_type -> rerank.v1.ScoreResponse
+	9,  // 12: rerank.v1.Backend.Health:output_type -> rerank.v1.HealthResponse
+	10, // [10:13] is the sub-list for method output_type
+	7,  // [7:10] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_rerank_v1_rerank_proto_init() }
@@ -741,7 +826,7 @@ func file_rerank_v1_rerank_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rerank_v1_rerank_proto_rawDesc), len(file_rerank_v1_rerank_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
