@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/api"
+	"github.com/rerank-sidecar/rerank/proxy/internal/auth"
 	"github.com/rerank-sidecar/rerank/proxy/internal/backend"
 	"github.com/rerank-sidecar/rerank/proxy/internal/batch"
 	"github.com/rerank-sidecar/rerank/proxy/internal/cache"
@@ -55,6 +56,7 @@ type serveConfig struct {
 	batch             batchFlags
 	cache             cacheFlags
 	obs               obsFlags
+	auth              auth.Config
 }
 
 // serveFlags defines the serve flags on fs and returns the config they fill
@@ -108,6 +110,8 @@ func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
 		"The log level: trace, debug, info, warn or error. Default info.")
 	str(&c.pprofAddr, "pprof-addr", "RERANK_PPROF_ADDR", "",
 		"An address such as 127.0.0.1:6060 on which to serve Go's /debug/pprof profiles, for finding where the proxy spends its time. Default empty: off. Keep it on loopback: profiles reveal internals.")
+	str(&c.auth.KeyFile, "api-key-file", "RERANK_API_KEY_FILE", "",
+		"A file of bearer tokens, one per line (at least 16 characters each, from RFC 6750's token alphabet): with it every scoring route, /v1/models and /info require Authorization: Bearer <token>, and /health and / stay open. The replaced server's INFERENCE_SERVICE_TOKEN_FILE (default /run/secrets/inference_service_token, used when it exists) adds its token; INFERENCE_SERVICE_AUTH=disabled turns authentication off. A configured file that is missing, empty or holds an invalid token stops the server from starting. Default empty: off unless the default secrets file exists.")
 	fs.BoolVar(&c.logJSON, "log-json", false, "Log JSON lines instead of text. Default false. Environment: RERANK_LOG_JSON.")
 	env["log-json"] = "RERANK_LOG_JSON"
 	memoryFlagsOn(fs, c, env)
@@ -157,7 +161,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	c, env := serveFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: rerank serve [flags]\n\n"+
-			"Serves POST /v1/rerank, GET /health and GET / over HTTP, scoring on a backend plugin.\n"+
+			"Serves POST /v1/rerank (seed, Jina and Cohere v1 shapes), POST /v2/rerank (Cohere v2), POST /rerank (Jina, TEI), GET /info, GET /health and GET / over HTTP, scoring on a backend plugin.\n"+
 			"Each flag may also be set by its environment variable; a flag given on the command line wins.\n\nflags:\n")
 		// Each help sentence states its default, so flag's own
 		// "(default …)" suffix is left out.
@@ -183,6 +187,14 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 		} else {
 			bad = append(bad, fmt.Sprintf("%s=%q: use none, bf16 or int8", quantizationEnv, q))
 		}
+	}
+	c.auth.TokenFile = getenv("INFERENCE_SERVICE_TOKEN_FILE")
+	switch v := getenv("INFERENCE_SERVICE_AUTH"); strings.ToLower(strings.TrimSpace(v)) {
+	case "", "enabled":
+	case "disabled":
+		c.auth.Disabled = true
+	default:
+		bad = append(bad, fmt.Sprintf("INFERENCE_SERVICE_AUTH=%q: use disabled, or leave it unset", v))
 	}
 	if len(bad) > 0 {
 		return nil, fmt.Errorf("serve: invalid environment: %s", strings.Join(bad, "; "))
@@ -267,6 +279,13 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	if c.pprofAddr != "" {
 		servePprof(c.pprofAddr, logger)
 	}
+	// Keys first: a server told to require a token never starts without
+	// valid ones.
+	keys, authNote, err := auth.Load(c.auth)
+	if err != nil {
+		return err
+	}
+	logger.Info(authNote)
 	logger.Info("starting", "version", version, "model", modelName, "source", src.describe(), "backend", c.backend, "precision", c.precision)
 	if warning != "" {
 		logger.Warn("serving a " + warning)
@@ -354,7 +373,7 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	modelMetrics.SetState(modelState(sup, batcher, scoreCache))
 	router := readyRouter{Router: rerank.Single(modelName, next), sup: sup}
 	svc := rerank.New(router, rerank.Limits{MaxCandidates: c.maxCandidates, MaxCandidateChars: c.maxCandidateChars, MaxQueryChars: c.maxQueryChars}, modelName)
-	srv := api.New(api.Config{
+	apiCfg := api.Config{
 		Service: svc,
 		Status: func() api.Status {
 			st := sup.Status()
@@ -369,7 +388,12 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 		Metrics:        reg,
 		ServeMetrics:   c.obs.metricsAddr == "",
 		AccessLog:      c.obs.accessLogger(logger),
-	})
+		Info:           apiInfo(c, sup),
+	}
+	if keys != nil {
+		apiCfg.Auth = keys
+	}
+	srv := api.New(apiCfg)
 	if reg != nil && c.obs.metricsAddr != "" {
 		if err := serveMetrics(ctx, c.obs.metricsAddr, reg, logger); err != nil {
 			return fmt.Errorf("serve: --metrics-addr: %w", err)

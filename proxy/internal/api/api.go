@@ -71,6 +71,12 @@ type Config struct {
 	// AccessLog, when set, receives one line per request: its id, method,
 	// route, dialect, model, status, duration, pairs and cached pairs.
 	AccessLog hclog.Logger
+	// Auth, when set, checks the bearer token of every scoring route and of
+	// /v1/models and /info; nil serves them without authentication.
+	Auth Authenticator
+	// Info reports the model's facts and the limits for GET /info; nil
+	// reports zeros. It must be cheap and safe for concurrent use.
+	Info func() Info
 }
 
 // DefaultMaxBodyBytes is the default body limit: 2 MiB holds 200 candidates
@@ -197,6 +203,7 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 	switch {
 	case rt == nil:
 		writeDetail(ctx, fasthttp.StatusNotFound, "Not Found")
+	case s.cfg.Auth != nil && !s.authorized(ctx, ctx.Path()):
 	case !rt.allows(ctx):
 		s.methodNotAllowed(ctx, rt.allow())
 	default:
@@ -246,15 +253,44 @@ func (s *Server) rerank(ctx *fasthttp.RequestCtx, x *exchange) {
 	}
 	// decodeRequest copies every string out of the body: nothing from ctx
 	// is used past this point by any other goroutine.
-	req, err := decodeRequest(body)
+	req, ok := decodeFast(body)
+	if !ok && documentsBody(body) {
+		// Jina / Cohere v1: "documents" where the seed has "candidates".
+		s.dialectRerank(ctx, x, cohereV1)
+		return
+	}
+	var err error
+	if !ok {
+		req, err = decodeRequestSlow(body)
+	}
 	if err != nil {
 		s.writeError(ctx, err)
 		return
 	}
-	// fasthttp does not tie a request to its connection: watchPeer
-	// cancels the request when its client goes away, so that its pairs
-	// stop waiting for (and occupying) the plugin. The cache stage writes
-	// in x.tally where the scores came from.
+	resp, err := s.score(ctx, x, req)
+	if errors.Is(err, errClientGone) {
+		return
+	}
+	if err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	x.model, x.pairs = resp.Model, len(req.Candidates)
+	elapsed := time.Since(start)
+	if len(req.Candidates) == 0 {
+		// Nothing was scored: the seed server reported 0.0.
+		elapsed = 0
+	}
+	s.writeResults(ctx, resp.Results, resp.Model, elapsed)
+}
+
+// score has the service score req within the request's time budget. The
+// cache stage writes in x.tally where the scores came from. fasthttp does
+// not tie a request to its connection: watchPeer cancels the request when
+// its client goes away, so that its pairs stop waiting for (and occupying)
+// the plugin; score then answers (nobody reads it) and returns an error
+// wrapping errClientGone.
+func (s *Server) score(ctx *fasthttp.RequestCtx, x *exchange, req *rerank.Request) (rerank.Response, error) {
 	base, gone := context.WithCancelCause(metrics.WithTally(context.Background(), &x.tally))
 	stopWatch := watchPeer(ctx.Conn(), gone)
 	rctx, cancel := base, context.CancelFunc(func() {})
@@ -271,19 +307,9 @@ func (s *Server) rerank(ctx *fasthttp.RequestCtx, x *exchange) {
 		ctx.SetConnectionClose()
 		// Nobody reads it; the status is nginx's for the case, for logs.
 		writeDetail(ctx, statusClientClosedRequest, "Client closed the request")
-		return
+		return rerank.Response{}, fmt.Errorf("%w: %w", errClientGone, err)
 	}
-	if err != nil {
-		s.writeError(ctx, err)
-		return
-	}
-	x.model, x.pairs = resp.Model, len(req.Candidates)
-	elapsed := time.Since(start)
-	if len(req.Candidates) == 0 {
-		// Nothing was scored: the seed server reported 0.0.
-		elapsed = 0
-	}
-	s.writeResults(ctx, resp.Results, resp.Model, elapsed)
+	return resp, err
 }
 
 // modelNameJSON returns name encoded as a JSON string.

@@ -61,6 +61,13 @@ const DialectNative = "native"
 func (s *Server) routeTable() []*route {
 	routes := []*route{
 		{path: "/v1/rerank", dialect: DialectNative, post: true, handle: (*Server).rerank},
+		{path: "/v2/rerank", dialect: cohereV2.String(), post: true, handle: func(s *Server, ctx *fasthttp.RequestCtx, x *exchange) {
+			s.dialectRerank(ctx, x, cohereV2)
+		}},
+		{path: "/rerank", dialect: jina.String(), post: true, handle: func(s *Server, ctx *fasthttp.RequestCtx, x *exchange) {
+			s.dialectRerank(ctx, x, jina)
+		}},
+		{path: "/info", handle: func(s *Server, ctx *fasthttp.RequestCtx, _ *exchange) { s.info(ctx) }},
 		{path: "/health", handle: (*Server).health},
 		{path: "/", handle: (*Server).root},
 	}
@@ -78,6 +85,10 @@ type exchange struct {
 	// model is the served model's name once the request was routed to one;
 	// never the client's text.
 	model string
+	// dialect, when set, is the dialect the body chose on a route that
+	// speaks several (documents on /v1/rerank, texts on /rerank); it
+	// replaces the route's in the metrics and the access log.
+	dialect string
 	// pairs is the number of pairs of an answered rerank request.
 	pairs int
 	// tally says where the pairs' scores came from.
@@ -125,7 +136,7 @@ func validRequestID(id []byte) bool {
 func (s *Server) begin(ctx *fasthttp.RequestCtx) *exchange {
 	x := exchanges.Get().(*exchange)
 	x.start = time.Now()
-	x.model, x.pairs, x.tally = "", 0, metrics.Tally{}
+	x.model, x.pairs, x.tally, x.dialect = "", 0, metrics.Tally{}, ""
 	if in := ctx.Request.Header.Peek(RequestIDHeader); validRequestID(in) {
 		x.id = append(x.id[:0], in...)
 	} else {
@@ -143,6 +154,9 @@ func (s *Server) end(ctx *fasthttp.RequestCtx, rt *route, x *exchange) {
 	path, dialect := otherRoute, ""
 	if rt != nil {
 		path, dialect = rt.path, rt.dialect
+	}
+	if x.dialect != "" {
+		dialect = x.dialect
 	}
 	code := ctx.Response.StatusCode()
 	s.cfg.Metrics.Request(path, dialect, x.model, code, d)

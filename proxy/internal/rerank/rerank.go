@@ -110,6 +110,9 @@ type Request struct {
 	TopK int
 	// HasTopK says the client sent a top_k, so TopK must be in range.
 	HasTopK bool
+	// Options are the scoring options every pair of the request is scored
+	// with; the zero value is the model's defaults.
+	Options sdk.PairOptions
 }
 
 // Result is the score of one candidate.
@@ -261,7 +264,7 @@ func (s *Service) Rerank(ctx context.Context, req *Request) (Response, error) {
 	}
 	pairs := make([]sdk.Pair, len(req.Candidates))
 	for i, c := range req.Candidates {
-		pairs[i] = sdk.Pair{Query: req.Query, Document: c}
+		pairs[i] = sdk.Pair{Query: req.Query, Document: c, Options: req.Options}
 	}
 	scores, err := next.Score(ctx, pairs)
 	if err != nil {
