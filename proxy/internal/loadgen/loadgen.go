@@ -41,6 +41,10 @@ type Config struct {
 	Query string
 	// Model, when set, is sent as the request's "model" field.
 	Model string
+	// ListField names the request member holding the documents:
+	// "candidates" (the seed's, and the default) or "documents" (the Jina
+	// and Cohere dialects'); answers are counted under "results" either way.
+	ListField string
 	// Seed seeds the document generator, so runs are repeatable.
 	Seed uint64
 	// Timeout is the client-side limit of one request; a request that
@@ -465,7 +469,10 @@ func (s *requestSource) build() []byte {
 // enough not to take CPU from the server being measured (a full JSON decode
 // cost the generator about as much as the server's cached path).
 func countResults(body []byte) int {
-	if !bytes.HasPrefix(bytes.TrimLeft(body, " \t\r\n"), []byte(`{"results"`)) {
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	// The seed's answer starts with its results, the Cohere and Jina ones
+	// with an id.
+	if !bytes.HasPrefix(trimmed, []byte(`{"results"`)) && !bytes.HasPrefix(trimmed, []byte(`{"id"`)) {
 		return -1
 	}
 	return bytes.Count(body, []byte(`"index"`))
@@ -485,7 +492,13 @@ type bodyBuilder struct {
 func newBodyBuilder(cfg *Config, gen *generator) *bodyBuilder {
 	b := &bodyBuilder{gen: gen, n: cfg.Candidates}
 	b.head = append([]byte(`{"query":`), jsonString(cfg.Query)...)
-	b.head = append(b.head, `,"candidates":[`...)
+	field := cfg.ListField
+	if field == "" {
+		field = "candidates"
+	}
+	b.head = append(b.head, `,`...)
+	b.head = append(b.head, jsonString(field)...)
+	b.head = append(b.head, `:[`...)
 	b.tail = []byte(`]`)
 	if cfg.Model != "" {
 		b.tail = append(b.tail, `,"model":`...)
