@@ -53,6 +53,7 @@ type serveConfig struct {
 	pprofAddr         string
 	disableArena      bool
 	disableMemPattern bool
+	backendOptions    backendOptions
 	batch             batchFlags
 	cache             cacheFlags
 	obs               obsFlags
@@ -115,6 +116,7 @@ func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
 	fs.BoolVar(&c.logJSON, "log-json", false, "Log JSON lines instead of text. Default false. Environment: RERANK_LOG_JSON.")
 	env["log-json"] = "RERANK_LOG_JSON"
 	memoryFlagsOn(fs, c, env)
+	backendOptionsOn(fs, c, env)
 	batchFlagsOn(fs, &c.batch, env)
 	cacheFlagsOn(fs, &c.cache, env)
 	obsFlagsOn(fs, &c.obs, env)
@@ -327,6 +329,7 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 			// Lower resident memory for a little latency (memoryFlagsOn).
 			DisableArena:      c.disableArena,
 			DisableMemPattern: c.disableMemPattern,
+			Options:           c.backendOptions,
 		},
 		Prepare: func(ctx context.Context, load *sdk.LoadConfig) error {
 			dir, err := src.resolve(ctx, logger)

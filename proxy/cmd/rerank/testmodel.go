@@ -30,6 +30,7 @@ func testmodel(args []string, stdout, stderr io.Writer) int {
 	vocab := fs.Int("vocab-size", 0, "The vocabulary size. Default 0 means one more than the tokenizer's largest token id.")
 	tokenizer := fs.String("tokenizer", "", "The tokenizer.json to copy into the model dir; tokenizer_config.json and special_tokens_map.json next to it are copied too when present. Required.")
 	seed := fs.Uint64("seed", 1, "The seed of the random weights: the same seed and shape always give the same model bytes. Default 1.")
+	opByOp := fs.Bool("op-by-op", false, "Write the graph as older exporters do: no node names, LayerNorm spelled out op by op, weights named onnx::MatMul_N. The same network and scores; a second, independent graph for conversions and benchmarks. Default false.")
 	out := fs.String("out", "", "The model dir to write (created if missing): config.json, tokenizer files and onnx/model.onnx. Required.")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: rerank testmodel --tokenizer FILE --out DIR [flags]\n\n"+
@@ -77,7 +78,7 @@ func testmodel(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	w := crossencoder.RandomWeights(cfg, *seed)
-	if err := crossencoder.WriteModelDir(*out, cfg, w, *tokenizer, crossencoder.DirOptions{}); err != nil {
+	if err := crossencoder.WriteModelDir(*out, cfg, w, *tokenizer, crossencoder.DirOptions{OpByOp: *opByOp}); err != nil {
 		fmt.Fprintf(stderr, "rerank testmodel: %v\n", err)
 		return 1
 	}
