@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/rerank-sidecar/rerank/sdk/internal/rerankv1"
+	"github.com/rerank-sidecar/rerank/sdk/telemetry"
 )
 
 // ProtocolVersion is the go-plugin protocol version: it changes only on a
@@ -94,6 +96,10 @@ func WithTestConfig(t *plugin.ServeTestConfig) Option {
 }
 
 // Serve runs b as a plugin process; it returns when the proxy goes away.
+// When the environment (inherited from the proxy) turns tracing on (see
+// package telemetry), the plugin exports its own spans, as children of the
+// proxy's: a backend records spans with the tracer of go.opentelemetry.io/otel
+// under Score's context.
 func Serve(b Backend, opts ...Option) {
 	cfg := serveConfig{}
 	for _, o := range opts {
@@ -102,12 +108,25 @@ func Serve(b Backend, opts ...Option) {
 	if cfg.logger == nil {
 		cfg.logger = hclog.New(&hclog.LoggerOptions{Output: os.Stderr, JSONFormat: true, Level: hclog.Info})
 	}
+	shutdown, err := telemetry.Setup(context.Background())
+	if err != nil {
+		cfg.logger.Warn("tracing stays off", "error", err)
+	}
+	defer func() {
+		// The proxy waits about two seconds for a plugin to exit: one for
+		// the last spans.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = shutdown(ctx)
+	}()
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: {PluginName: &GRPCPlugin{Impl: b}}},
-		GRPCServer:       plugin.DefaultGRPCServer,
-		Logger:           cfg.logger,
-		Test:             cfg.test,
+		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
+			return plugin.DefaultGRPCServer(append(opts, telemetry.ServerOptions()...))
+		},
+		Logger: cfg.logger,
+		Test:   cfg.test,
 	})
 }
 

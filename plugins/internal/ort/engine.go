@@ -16,6 +16,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	ortgo "github.com/yalue/onnxruntime_go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rerank-sidecar/rerank/sdk"
 	"github.com/rerank-sidecar/rerank/sdk/tokenizer"
@@ -492,31 +495,27 @@ func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
 	if len(pairs) == 0 {
 		return scores, nil
 	}
-	encs := make([]tokenizer.Encoding, len(pairs))
-	lengths := make([]int, len(pairs))
-	for i, p := range pairs {
-		if !utf8.ValidString(p.Query) || !utf8.ValidString(p.Document) {
-			return nil, fmt.Errorf("%s: pair %d is not valid UTF-8: %w", e.backend, i, sdk.ErrInvalidInput)
+	// With the proxy tracing this call, tokenization and each run get a
+	// span under the gRPC server span.
+	traced := trace.SpanFromContext(ctx).IsRecording()
+	var span trace.Span
+	if traced {
+		_, span = tracer.Start(ctx, "ort.tokenize", trace.WithAttributes(attribute.Int("rerank.pairs", len(pairs))))
+	}
+	encs, lengths, err := m.encode(pairs, e.backend)
+	if traced {
+		tokens := 0
+		for _, n := range lengths {
+			tokens += n
 		}
-		if p.Options.MaxDocumentTokens < 0 {
-			return nil, fmt.Errorf("%s: pair %d: max document tokens %d is negative: %w", e.backend, i, p.Options.MaxDocumentTokens, sdk.ErrInvalidInput)
-		}
-		// The pair's options: the document side cut first, then the
-		// whole pair truncated (or, strict, refused) at the max length.
-		opt := tokenizer.Options{MaxLength: m.maxLength, Truncation: tokenizer.LongestFirst,
-			MaxSecondLength: p.Options.MaxDocumentTokens, Strict: p.Options.Strict}
-		enc, err := m.enc.EncodePair(p.Query, p.Document, opt)
-		if errors.Is(err, tokenizer.ErrTooLong) {
-			return nil, fmt.Errorf("%s: pair %d: %v: %w", e.backend, i, err, sdk.ErrTooLong)
-		}
+		span.SetAttributes(attribute.Int("rerank.tokens", tokens))
 		if err != nil {
-			return nil, fmt.Errorf("%s: cannot tokenize pair %d: %v: %w", e.backend, i, err, sdk.ErrInvalidInput)
+			span.RecordError(err)
 		}
-		if n := len(enc.IDs); n == 0 || n > m.maxLength {
-			return nil, fmt.Errorf("%s: pair %d encodes to %d tokens, outside 1..%d: %w", e.backend, i, n, m.maxLength, sdk.ErrInvalidInput)
-		}
-		encs[i] = enc
-		lengths[i] = len(enc.IDs)
+		span.End()
+	}
+	if err != nil {
+		return nil, err
 	}
 	var runs []runPlan
 	if m.padLongest {
@@ -532,19 +531,32 @@ func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
 			return nil, fmt.Errorf("%s: score: %w", e.backend, err)
 		}
 		batch = batch[:0]
+		tokens := 0
 		for _, p := range r.pairs {
 			batch = append(batch, encs[p])
+			tokens += lengths[p]
 		}
-		if err := m.run(ctx, batch, out[:len(batch)]); err != nil {
+		rctx := ctx
+		if traced {
+			rctx, span = tracer.Start(ctx, "ort.run", trace.WithAttributes(
+				attribute.Int("rerank.batch_size", len(batch)), attribute.Int("rerank.sequence_length", r.seq),
+				attribute.Int("rerank.tokens", tokens), attribute.Int("rerank.padded_tokens", r.seq*len(batch))))
+		}
+		err := m.run(rctx, batch, out[:len(batch)])
+		if traced {
+			if err != nil {
+				span.RecordError(err)
+			}
+			span.End()
+		}
+		if err != nil {
 			return nil, fmt.Errorf("%s: %w", e.backend, err)
 		}
 		for k, p := range r.pairs {
 			scores[p] = out[k]
 		}
 		if usage != nil {
-			for _, p := range r.pairs {
-				usage.Tokens += int64(lengths[p])
-			}
+			usage.Tokens += int64(tokens)
 			usage.PaddedTokens += int64(r.seq * len(r.pairs))
 		}
 	}
@@ -561,6 +573,41 @@ func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
 		scores[i] = float32(s)
 	}
 	return scores, nil
+}
+
+// tracer records the engine's spans when the proxy traces the call.
+var tracer = otel.Tracer("github.com/rerank-sidecar/rerank/plugins/internal/ort")
+
+// encode tokenizes every pair under its options and returns the encodings
+// and their lengths.
+func (m *model) encode(pairs []sdk.Pair, backend string) ([]tokenizer.Encoding, []int, error) {
+	encs := make([]tokenizer.Encoding, len(pairs))
+	lengths := make([]int, len(pairs))
+	for i, p := range pairs {
+		if !utf8.ValidString(p.Query) || !utf8.ValidString(p.Document) {
+			return nil, nil, fmt.Errorf("%s: pair %d is not valid UTF-8: %w", backend, i, sdk.ErrInvalidInput)
+		}
+		if p.Options.MaxDocumentTokens < 0 {
+			return nil, nil, fmt.Errorf("%s: pair %d: max document tokens %d is negative: %w", backend, i, p.Options.MaxDocumentTokens, sdk.ErrInvalidInput)
+		}
+		// The pair's options: the document side cut first, then the
+		// whole pair truncated (or, strict, refused) at the max length.
+		opt := tokenizer.Options{MaxLength: m.maxLength, Truncation: tokenizer.LongestFirst,
+			MaxSecondLength: p.Options.MaxDocumentTokens, Strict: p.Options.Strict}
+		enc, err := m.enc.EncodePair(p.Query, p.Document, opt)
+		if errors.Is(err, tokenizer.ErrTooLong) {
+			return nil, nil, fmt.Errorf("%s: pair %d: %v: %w", backend, i, err, sdk.ErrTooLong)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: cannot tokenize pair %d: %v: %w", backend, i, err, sdk.ErrInvalidInput)
+		}
+		if n := len(enc.IDs); n == 0 || n > m.maxLength {
+			return nil, nil, fmt.Errorf("%s: pair %d encodes to %d tokens, outside 1..%d: %w", backend, i, n, m.maxLength, sdk.ErrInvalidInput)
+		}
+		encs[i] = enc
+		lengths[i] = len(enc.IDs)
+	}
+	return encs, lengths, nil
 }
 
 // grow returns buf resliced to n elements, reallocated when too small.

@@ -293,6 +293,11 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 		logger.Warn("serving a " + warning)
 	}
 	reg := c.obs.registry()
+	stopTracing, err := startTracing(ctx, logger)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	modelMetrics := reg.Model(modelName)
 
 	// The score cache keys on the identity of the model the plugin loaded,
@@ -392,6 +397,7 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 		ServeMetrics:   c.obs.metricsAddr == "",
 		AccessLog:      c.obs.accessLogger(logger),
 		Info:           apiInfo(c, sup),
+		Tracing:        tracerProvider(),
 	}
 	if keys != nil {
 		apiCfg.Auth = keys

@@ -4,17 +4,22 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/backend"
 	"github.com/rerank-sidecar/rerank/proxy/internal/batch"
 	"github.com/rerank-sidecar/rerank/proxy/internal/cache"
 	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
+	"github.com/rerank-sidecar/rerank/sdk/telemetry"
 )
 
 // obsFlags are the serve flags of metrics and logging per request.
@@ -44,6 +49,36 @@ func (o *obsFlags) registry() *metrics.Registry {
 		return nil
 	}
 	return metrics.New(version)
+}
+
+// startTracing turns tracing on when the OTEL_* environment asks for it
+// (package telemetry), and returns the function that flushes the last spans.
+func startTracing(ctx context.Context, logger hclog.Logger) (func(), error) {
+	shutdown, err := telemetry.Setup(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("serve: tracing: %w", err)
+	}
+	if telemetry.Enabled() {
+		logger.Info("tracing on: spans go to the OTLP endpoint of OTEL_EXPORTER_OTLP_ENDPOINT", "protocol", os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL"))
+	}
+	return func() {
+		// Flushing the last spans gets a few seconds, not the whole
+		// shutdown's budget: a dead collector must not hold the exit.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := shutdown(sctx); err != nil {
+			logger.Warn("tracing: the last spans were not all sent", "error", err)
+		}
+	}, nil
+}
+
+// tracerProvider is the API's tracer provider: the global one when tracing
+// is on, else nil.
+func tracerProvider() trace.TracerProvider {
+	if !telemetry.Enabled() {
+		return nil
+	}
+	return otel.GetTracerProvider()
 }
 
 // accessLogger is the access log's logger, nil when it is off.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
 	"github.com/rerank-sidecar/rerank/proxy/internal/rerank"
@@ -77,6 +78,10 @@ type Config struct {
 	// Info reports the model's facts and the limits for GET /info; nil
 	// reports zeros. It must be cheap and safe for concurrent use.
 	Info func() Info
+	// Tracing, when set, records a span for every request to a scoring
+	// route, continuing the trace of an incoming W3C traceparent header;
+	// the pipeline's spans are its children. nil traces nothing.
+	Tracing trace.TracerProvider
 }
 
 // DefaultMaxBodyBytes is the default body limit: 2 MiB holds 200 candidates
@@ -105,6 +110,7 @@ type Server struct {
 	srv            *fasthttp.Server
 	routes         map[string]*route
 	metricsHandler fasthttp.RequestHandler
+	tracer         trace.Tracer // nil when tracing is off
 
 	lingering   atomic.Int64  // connections reading out a refused body
 	disconnects atomic.Uint64 // requests cancelled because their client left
@@ -149,6 +155,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.Metrics != nil {
 		s.metricsHandler = metricsHandler(cfg.Metrics)
+	}
+	if cfg.Tracing != nil {
+		s.tracer = cfg.Tracing.Tracer(tracerName)
 	}
 	for name := range cfg.HealthSections {
 		s.sections = append(s.sections, name)
@@ -207,6 +216,9 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 	case !rt.allows(ctx):
 		s.methodNotAllowed(ctx, rt.allow())
 	default:
+		if s.tracer != nil && rt.dialect != "" {
+			s.startSpan(ctx, rt, x)
+		}
 		rt.handle(s, ctx, x)
 	}
 	s.end(ctx, rt, x)
@@ -291,7 +303,7 @@ func (s *Server) rerank(ctx *fasthttp.RequestCtx, x *exchange) {
 // the plugin; score then answers (nobody reads it) and returns an error
 // wrapping errClientGone.
 func (s *Server) score(ctx *fasthttp.RequestCtx, x *exchange, req *rerank.Request) (rerank.Response, error) {
-	base, gone := context.WithCancelCause(metrics.WithTally(context.Background(), &x.tally))
+	base, gone := context.WithCancelCause(metrics.WithTally(x.context(), &x.tally))
 	stopWatch := watchPeer(ctx.Conn(), gone)
 	rctx, cancel := base, context.CancelFunc(func() {})
 	if s.cfg.Timeout > 0 {

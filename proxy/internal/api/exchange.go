@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"strconv"
@@ -11,6 +12,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
 )
@@ -93,6 +98,9 @@ type exchange struct {
 	pairs int
 	// tally says where the pairs' scores came from.
 	tally metrics.Tally
+	// ctx and span are the request's trace span, when traced.
+	ctx  context.Context
+	span trace.Span
 }
 
 var exchanges = sync.Pool{New: func() any { return &exchange{id: make([]byte, 0, maxRequestIDLen)} }}
@@ -159,6 +167,9 @@ func (s *Server) end(ctx *fasthttp.RequestCtx, rt *route, x *exchange) {
 		dialect = x.dialect
 	}
 	code := ctx.Response.StatusCode()
+	if x.span != nil {
+		x.endSpan(code)
+	}
 	s.cfg.Metrics.Request(path, dialect, x.model, code, d)
 	if code == fasthttp.StatusOK && x.pairs > 0 {
 		s.cfg.Metrics.Pairs(x.model, x.pairs, &x.tally)
@@ -185,4 +196,68 @@ func metricsHandler(m *metrics.Registry) fasthttp.RequestHandler {
 // metrics answers GET /metrics in the Prometheus text format.
 func (s *Server) metrics(ctx *fasthttp.RequestCtx, _ *exchange) {
 	s.metricsHandler(ctx)
+}
+
+// tracerName is the instrumentation scope of the HTTP spans.
+const tracerName = "github.com/rerank-sidecar/rerank/proxy/internal/api"
+
+// headerCarrier reads a request's headers for trace context extraction.
+type headerCarrier struct{ h *fasthttp.RequestHeader }
+
+func (c headerCarrier) Get(key string) string { return string(c.h.Peek(key)) }
+
+func (c headerCarrier) Set(string, string) {}
+
+func (c headerCarrier) Keys() []string {
+	var keys []string
+	for k := range c.h.All() {
+		keys = append(keys, string(k))
+	}
+	return keys
+}
+
+// w3c extracts an incoming traceparent (and tracestate).
+var w3c = propagation.TraceContext{}
+
+// startSpan starts the request's server span, a child of the client's span
+// when the request carries a W3C traceparent.
+func (s *Server) startSpan(ctx *fasthttp.RequestCtx, rt *route, x *exchange) {
+	parent := w3c.Extract(context.Background(), headerCarrier{&ctx.Request.Header})
+	x.ctx, x.span = s.tracer.Start(parent, string(ctx.Method())+" "+rt.path,
+		trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithTimestamp(x.start),
+		trace.WithAttributes(
+			attribute.String("http.request.method", string(ctx.Method())),
+			attribute.String("http.route", rt.path),
+			attribute.String("rerank.dialect", rt.dialect),
+			attribute.String("rerank.request_id", string(x.id)),
+		))
+}
+
+// endSpan ends the request's span with what the request learnt.
+func (x *exchange) endSpan(code int) {
+	x.span.SetAttributes(
+		attribute.Int("http.response.status_code", code),
+		attribute.String("rerank.model", x.model),
+		attribute.Int("rerank.pairs", x.pairs),
+		attribute.Int("rerank.cached_pairs", x.tally.Cached()),
+	)
+	if x.dialect != "" {
+		// The handler told the route's dialects apart (Cohere v1's
+		// documents on /v1/rerank).
+		x.span.SetAttributes(attribute.String("rerank.dialect", x.dialect))
+	}
+	if code >= fasthttp.StatusInternalServerError {
+		x.span.SetStatus(codes.Error, fasthttp.StatusMessage(code))
+	}
+	x.span.End()
+	x.ctx, x.span = nil, nil
+}
+
+// context is the request's base context: its span's when traced.
+func (x *exchange) context() context.Context {
+	if x.ctx != nil {
+		return x.ctx
+	}
+	return context.Background()
 }

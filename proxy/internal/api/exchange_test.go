@@ -8,10 +8,14 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
 	"github.com/rerank-sidecar/rerank/proxy/internal/rerank"
@@ -199,5 +203,67 @@ rerank_rejections_total{model="",reason="too_large"} 1
 	c = testServer(t, Config{Service: svc, Metrics: reg})
 	if r := do(t, c, "GET", "/metrics", ""); r.code != 404 {
 		t.Fatalf("GET /metrics without ServeMetrics: %d", r.code)
+	}
+}
+
+// spanScorer records whether the pipeline saw the request's span.
+type spanScorer struct {
+	fakeScorer
+	traced atomic.Bool
+}
+
+func (s *spanScorer) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) {
+	s.traced.Store(trace.SpanFromContext(ctx).IsRecording())
+	return s.fakeScorer.Score(ctx, pairs)
+}
+
+func TestTracing(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	scorer := &spanScorer{}
+	svc := rerank.New(rerank.Single("org/test-model", scorer), rerank.Limits{MaxCandidates: 4, MaxCandidateChars: 10}, "org/test-model")
+	c := testServer(t, Config{Service: svc, Tracing: tp})
+
+	hreq, err := newRequest("POST", "/v1/rerank", strings.NewReader(`{"query":"q","candidates":["a","b"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hreq.Header.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	hreq.Header.Set(RequestIDHeader, "rid-7")
+	resp, err := c.Do(hreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	do(t, c, "GET", "/health", "") // not a scoring route: no span
+	do(t, c, "POST", "/v1/rerank", `{"query":"q","candidates":["a"],"top_k":0}`)
+
+	spans := rec.Ended()
+	if len(spans) != 2 {
+		t.Fatalf("%d spans, want 2 (the two rerank requests)", len(spans))
+	}
+	sp := spans[0]
+	if sp.Name() != "POST /v1/rerank" || sp.SpanKind() != trace.SpanKindServer {
+		t.Fatalf("span %q kind %v", sp.Name(), sp.SpanKind())
+	}
+	if got := sp.Parent().TraceID().String(); got != "4bf92f3577b34da6a3ce929d0e0e4736" || sp.Parent().SpanID().String() != "00f067aa0ba902b7" || !sp.Parent().IsRemote() {
+		t.Fatalf("span's parent %v, want the traceparent's", sp.Parent())
+	}
+	attrs := map[string]string{}
+	for _, a := range sp.Attributes() {
+		attrs[string(a.Key)] = a.Value.Emit()
+	}
+	for k, v := range map[string]string{"rerank.request_id": "rid-7", "rerank.model": "org/test-model", "rerank.pairs": "2",
+		"rerank.cached_pairs": "0", "http.response.status_code": "200", "http.route": "/v1/rerank", "rerank.dialect": DialectNative} {
+		if attrs[k] != v {
+			t.Errorf("attribute %s = %q, want %q", k, attrs[k], v)
+		}
+	}
+	if !scorer.traced.Load() {
+		t.Error("the pipeline did not get the request's span in its context")
+	}
+	// A request without traceparent starts a trace of its own.
+	if spans[1].Parent().IsValid() {
+		t.Errorf("a request without traceparent has parent %v", spans[1].Parent())
 	}
 }

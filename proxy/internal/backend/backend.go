@@ -19,10 +19,17 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
 	"github.com/rerank-sidecar/rerank/sdk"
+	"github.com/rerank-sidecar/rerank/sdk/telemetry"
 )
+
+// tracer records the plugin calls of traced requests.
+var tracer = otel.Tracer("github.com/rerank-sidecar/rerank/proxy/internal/backend")
 
 // The backend kinds: each names a plugin binary rerank-onnx-<kind>, except
 // Auto, which picks one.
@@ -232,6 +239,16 @@ func (s *Supervisor) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, er
 	}
 	start := time.Now()
 	var usage sdk.Usage
+	var span trace.Span
+	if trace.SpanFromContext(ctx).IsRecording() {
+		ctx, span = tracer.Start(ctx, "rerank.plugin.score", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(
+			attribute.String("rerank.model", s.cfg.Load.ModelName), attribute.String("rerank.backend", BinaryPrefix+kind),
+			attribute.Int("rerank.batch_size", len(pairs))))
+		defer func() {
+			span.SetAttributes(attribute.Int64("rerank.tokens", usage.Tokens), attribute.Int64("rerank.padded_tokens", usage.PaddedTokens))
+			span.End()
+		}()
+	}
 	scores, err := b.Score(sdk.WithUsage(ctx, &usage), pairs)
 	if err != nil {
 		if errors.Is(err, sdk.ErrUnavailable) {
@@ -361,6 +378,8 @@ func (s *Supervisor) start(kind string) error {
 		// so a plugin that dies before its logger is set up (a dynamic
 		// linker error, a panic) is still seen.
 		Stderr: &rawLines{w: os.Stderr},
+		// With tracing on, the trace context travels with each call.
+		GRPCDialOptions: telemetry.DialOptions(),
 	})
 	fail := func(err error) error {
 		client.Kill()

@@ -25,6 +25,10 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
 	"github.com/rerank-sidecar/rerank/sdk"
 )
@@ -313,7 +317,15 @@ type batchRun struct {
 	running bool
 	tokens  int // estimated tokens of its items
 	cancel  context.CancelFunc
+	// parent is the span of the batch's first traced request, links
+	// those of the others: a traced batch's span is a child of the one
+	// and linked to the rest.
+	parent trace.SpanContext
+	links  []trace.Link
 }
+
+// tracer records the batcher's spans when a request is traced.
+var tracer = otel.Tracer("github.com/rerank-sidecar/rerank/proxy/internal/batch")
 
 // Score scores pairs through the batcher. It returns an error wrapping
 // sdk.ErrOverloaded when the queue bound is reached, and one wrapping
@@ -327,6 +339,12 @@ func (b *Batcher) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error
 	}
 	if !b.cfg.Enabled {
 		return b.passThrough(ctx, pairs)
+	}
+	if trace.SpanFromContext(ctx).IsRecording() {
+		var span trace.Span
+		ctx, span = tracer.Start(ctx, "rerank.batch.wait", trace.WithAttributes(
+			attribute.String("rerank.model", b.cfg.Metrics.Name()), attribute.Int("rerank.pairs", len(pairs))))
+		defer span.End()
 	}
 	r := &request{
 		ctx:       ctx,
@@ -646,6 +664,13 @@ func (b *Batcher) launchLocked(run *batchRun) {
 			if len(r.batches) == 0 {
 				b.cfg.Metrics.QueueWait(now.Sub(r.arrival))
 			}
+			if sc := trace.SpanContextFromContext(r.ctx); sc.IsSampled() {
+				if !run.parent.IsValid() {
+					run.parent = sc
+				} else {
+					run.links = append(run.links, trace.Link{SpanContext: sc})
+				}
+			}
 			r.batches = append(r.batches, run)
 			run.live++
 			if d, ok := r.ctx.Deadline(); !ok {
@@ -685,6 +710,15 @@ func (b *Batcher) launchLocked(run *batchRun) {
 
 // execute calls the next stage and hands each request its scores.
 func (b *Batcher) execute(ctx context.Context, run *batchRun) {
+	if run.parent.IsValid() {
+		var span trace.Span
+		ctx, span = tracer.Start(trace.ContextWithSpanContext(ctx, run.parent), "rerank.batch",
+			trace.WithLinks(run.links...), trace.WithAttributes(
+				attribute.String("rerank.model", b.cfg.Metrics.Name()),
+				attribute.Int("rerank.batch_size", len(run.pairs)),
+				attribute.Int("rerank.requests", 1+len(run.links))))
+		defer span.End()
+	}
 	var usage sdk.Usage
 	scores, err := b.next.Score(sdk.WithUsage(ctx, &usage), run.pairs)
 	if err == nil && len(scores) != len(run.pairs) {

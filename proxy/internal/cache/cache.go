@@ -26,6 +26,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
 	"github.com/rerank-sidecar/rerank/sdk"
@@ -256,12 +259,41 @@ func (c *Cache) Stats() Stats {
 	return s
 }
 
+// tracer records the cache's spans when the request is traced.
+var tracer = otel.Tracer("github.com/rerank-sidecar/rerank/proxy/internal/cache")
+
 // Score returns one score per pair in order, from the caches where it can
 // and from the next stage for the rest.
 func (c *Cache) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) {
 	if len(pairs) == 0 {
 		return c.next.Score(ctx, pairs)
 	}
+	if trace.SpanFromContext(ctx).IsRecording() {
+		return c.tracedScore(ctx, pairs)
+	}
+	return c.score(ctx, pairs)
+}
+
+// tracedScore is Score under a span that says how many pairs the caches
+// and peers answered.
+func (c *Cache) tracedScore(ctx context.Context, pairs []sdk.Pair) ([]float32, error) {
+	ctx, span := tracer.Start(ctx, "rerank.cache", trace.WithAttributes(attribute.Int("rerank.pairs", len(pairs))))
+	defer span.End()
+	t := metrics.TallyFrom(ctx)
+	if t == nil {
+		t = &metrics.Tally{}
+		ctx = metrics.WithTally(ctx, t)
+	}
+	before := t.Cached()
+	scores, err := c.score(ctx, pairs)
+	span.SetAttributes(attribute.Int("rerank.cached_pairs", t.Cached()-before))
+	if err != nil {
+		span.RecordError(err)
+	}
+	return scores, err
+}
+
+func (c *Cache) score(ctx context.Context, pairs []sdk.Pair) ([]float32, error) {
 	keys := c.keyer.local(pairs)
 	scores := make([]float32, len(pairs))
 	var (
@@ -389,7 +421,17 @@ func (c *Cache) lead(ctx context.Context, pairs []sdk.Pair, keys string, scores 
 		return c.compute(ctx, pairs, keys, scores, items, "", nil)
 	}
 	ks := c.sharedKeys(pairs, items)
+	var span trace.Span
+	if trace.SpanFromContext(ctx).IsRecording() {
+		_, span = tracer.Start(ctx, "rerank.cache.redis", trace.WithAttributes(attribute.Int("rerank.pairs", len(ks))))
+	}
 	vals, err := c.remote.get(ctx, ks)
+	if span != nil {
+		if err != nil {
+			span.RecordError(err)
+		}
+		span.End()
+	}
 	if err != nil {
 		return c.compute(ctx, pairs, keys, scores, items, "", nil)
 	}
