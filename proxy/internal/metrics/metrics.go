@@ -14,9 +14,10 @@
 // the hot path pays nothing for them.
 //
 // The library is prometheus/client_golang rather than VictoriaMetrics'
-// metrics: both cost a few nanoseconds per counter add and histogram
-// observation (docs/BENCHMARKS.md, "Observability (issue 11)"), which is
-// noise beside the ~20 µs of an L1-cached request, and client_golang writes
+// metrics: both cost tens to a couple of hundred nanoseconds per counter
+// add or histogram observation on the shared 2-core machine, neither
+// measurably faster (docs/BENCHMARKS.md, "Observability (issue 11)"), which
+// is noise beside the tens of µs of an L1-cached request; client_golang writes
 // classic `le` histograms that histogram_quantile reads, HELP and TYPE lines
 // that promtool's linter wants, and the standard go_* and process_* series.
 package metrics
