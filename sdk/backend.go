@@ -63,11 +63,14 @@ type LoadConfig struct {
 	// IntraOpThreads is the number of threads one inference may use; 0 lets
 	// the backend choose.
 	IntraOpThreads int
-	// DisableArena turns off the runtime's memory arena, trading a little
-	// latency for lower resident memory.
-	DisableArena bool
-	// DisableMemPattern turns off memory-pattern planning for the same trade.
-	DisableMemPattern bool
+	// DisableArena turns the runtime's memory arena off (true), which
+	// returns memory freed after a batch to the system, or on (false),
+	// which keeps it reserved for the next batch. Nil leaves the choice to
+	// the backend, which picks per device.
+	DisableArena *bool
+	// DisableMemPattern turns memory-pattern planning off (true) or on
+	// (false), the same trade as DisableArena; nil leaves it to the backend.
+	DisableMemPattern *bool
 	// CacheDir, when set, is where a backend may keep converted models.
 	CacheDir string
 	// Options carries backend-specific settings as key/value strings.

@@ -145,8 +145,8 @@ func (s *grpcServer) Load(ctx context.Context, req *pb.LoadRequest) (*pb.LoadRes
 		Precision:         Precision(req.GetPrecision()),
 		MaxLength:         int(req.GetMaxLength()),
 		IntraOpThreads:    int(req.GetIntraOpThreads()),
-		DisableArena:      req.GetDisableArena(),
-		DisableMemPattern: req.GetDisableMemPattern(),
+		DisableArena:      req.DisableArena,
+		DisableMemPattern: req.DisableMemPattern,
 		CacheDir:          req.GetCacheDir(),
 		Options:           req.GetOptions(),
 	})

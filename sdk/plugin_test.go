@@ -87,6 +87,34 @@ func connect(t *testing.T, b sdk.Backend) *sdk.Client {
 	return c
 }
 
+// TestProtocolMemorySettings checks that the arena and memory-pattern
+// settings keep all three states across the wire: unset (the backend's
+// default for its device), off and on.
+func TestProtocolMemorySettings(t *testing.T) {
+	b := &recordingBackend{}
+	c := connect(t, b)
+	name := func(v *bool) string {
+		if v == nil {
+			return "unset"
+		}
+		return fmt.Sprint(*v)
+	}
+	for _, arena := range []*bool{nil, new(true), new(false)} {
+		for _, pattern := range []*bool{nil, new(true), new(false)} {
+			if _, err := c.Load(context.Background(), sdk.LoadConfig{ModelDir: "/m", DisableArena: arena, DisableMemPattern: pattern}); err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			b.mu.Lock()
+			got := b.cfg
+			b.mu.Unlock()
+			if name(got.DisableArena) != name(arena) || name(got.DisableMemPattern) != name(pattern) {
+				t.Errorf("sent DisableArena %s, DisableMemPattern %s; plugin got %s, %s",
+					name(arena), name(pattern), name(got.DisableArena), name(got.DisableMemPattern))
+			}
+		}
+	}
+}
+
 func TestProtocolRoundTrip(t *testing.T) {
 	b := &recordingBackend{
 		info: sdk.ModelInfo{Name: "org/model", Revision: "abc", Device: "cuda", Backend: "onnx-cuda", Precision: sdk.BF16,
@@ -97,7 +125,7 @@ func TestProtocolRoundTrip(t *testing.T) {
 	ctx := context.Background()
 
 	cfg := sdk.LoadConfig{ModelDir: "/m", ModelName: "org/model", Precision: sdk.BF16, MaxLength: 384, IntraOpThreads: 3,
-		DisableArena: true, DisableMemPattern: true, CacheDir: "/cache", Options: map[string]string{"cuda.device_id": "1"}}
+		DisableArena: new(true), DisableMemPattern: new(false), CacheDir: "/cache", Options: map[string]string{"cuda.device_id": "1"}}
 	info, err := c.Load(ctx, cfg)
 	if err != nil {
 		t.Fatalf("Load: %v", err)

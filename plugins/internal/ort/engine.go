@@ -262,10 +262,12 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("load: %w", err)
 	}
-	session, threads, err := e.newSession(mf.Path, inputs, output, cfg)
+	mem := e.provider.memorySettings(cfg)
+	session, threads, err := e.newSession(mf.Path, inputs, output, cfg, mem)
 	if err != nil {
 		return nil, err
 	}
+	arena, pattern := mem.details()
 	names := make([]string, len(inputs))
 	for i, in := range inputs {
 		typ := "int64"
@@ -309,6 +311,8 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 				"inputs":            strings.Join(names, ","),
 				"output":            output,
 				"activation_source": actSource,
+				"cpu_mem_arena":     arena,
+				"mem_pattern":       pattern,
 			},
 		},
 	}
@@ -404,9 +408,9 @@ func logitsOutput(g graphIO, c modelConfig) (string, int, error) {
 
 // newSession creates the model's one session: all graph optimizations,
 // intra-op threads from cfg (0: ONNX Runtime's default, one per physical
-// core), CPU arena and memory patterns unless cfg turns them off, on the
-// engine's execution provider.
-func (e *Engine) newSession(path string, inputs []graphInput, output string, cfg sdk.LoadConfig) (*ortgo.DynamicAdvancedSession, string, error) {
+// core), the CPU arena and memory patterns as cfg sets them or else as the
+// provider's defaults (memorySettings), on the engine's execution provider.
+func (e *Engine) newSession(path string, inputs []graphInput, output string, cfg sdk.LoadConfig, mem memorySettings) (*ortgo.DynamicAdvancedSession, string, error) {
 	so, err := ortgo.NewSessionOptions()
 	if err != nil {
 		return nil, "", fmt.Errorf("ort: cannot create session options: %v: %w", err, sdk.ErrUnavailable)
@@ -425,10 +429,10 @@ func (e *Engine) newSession(path string, inputs []graphInput, output string, cfg
 		}
 		threads = strconv.Itoa(cfg.IntraOpThreads)
 	}
-	if err := so.SetCpuMemArena(!cfg.DisableArena); err != nil {
+	if err := so.SetCpuMemArena(mem.arena); err != nil {
 		return nil, "", fmt.Errorf("ort: cannot set the CPU arena: %w", err)
 	}
-	if err := so.SetMemPattern(!cfg.DisableMemPattern); err != nil {
+	if err := so.SetMemPattern(mem.pattern); err != nil {
 		return nil, "", fmt.Errorf("ort: cannot set memory patterns: %w", err)
 	}
 	if err := e.provider.appendTo(so, cfg.Options); err != nil {

@@ -111,6 +111,8 @@ func TestLoadReportsModel(t *testing.T) {
 		"intra_op_threads": "2",
 		"inputs":           "input_ids:int64,token_type_ids:int64,attention_mask:int64",
 		"output":           "logits",
+		"cpu_mem_arena":    "off (default)",
+		"mem_pattern":      "off (default)",
 	} {
 		if info.Details[k] != v {
 			t.Errorf("Details[%s] = %q, want %q", k, info.Details[k], v)
@@ -268,4 +270,28 @@ func TestRevisionCoversTheTokenizer(t *testing.T) {
 	if a == b || a == "abc" || revision("abc", []byte(`{"a":1}`)) != a || revision("abd", []byte(`{"a":1}`)) == a {
 		t.Fatalf("revisions %s / %s do not follow the model and the tokenizer", a, b)
 	}
+}
+
+func TestMemorySettings(t *testing.T) {
+	f := func(p Provider, arenaOff, patternOff *bool, wantArena, wantPattern string) {
+		t.Helper()
+		m := p.memorySettings(sdk.LoadConfig{DisableArena: arenaOff, DisableMemPattern: patternOff})
+		arena, pattern := m.details()
+		if arena != wantArena || pattern != wantPattern {
+			t.Errorf("%s: arena %q, pattern %q; want %q, %q", p, arena, pattern, wantArena, wantPattern)
+		}
+		if m.arena != strings.HasPrefix(arena, "on") || m.pattern != strings.HasPrefix(pattern, "on") {
+			t.Errorf("%s: settings %+v disagree with their details %q, %q", p, m, arena, pattern)
+		}
+	}
+	// Unset: the provider's default (off where memory is measured to be
+	// held for nothing, on for cuda).
+	f(CPU, nil, nil, "off (default)", "off (default)")
+	f(CoreML, nil, nil, "off (default)", "off (default)")
+	f(CUDA, nil, nil, "on (default)", "on (default)")
+	// Set: the load's choice, either way, on every provider.
+	f(CPU, new(false), new(false), "on", "on")
+	f(CPU, new(true), nil, "off", "off (default)")
+	f(CUDA, new(true), new(true), "off", "off")
+	f(CoreML, nil, new(false), "off (default)", "on")
 }

@@ -42,6 +42,66 @@ func (p Provider) providerOptions(opts map[string]string) map[string]string {
 	return out
 }
 
+// memoryDefaults says whether the CPU memory arena and memory-pattern
+// planning are on when the load leaves them to the backend.
+//   - cpu: both off. Measured on the XLM-R 24×1024 shape after two
+//     20-candidate requests (docs/BENCHMARKS.md, "Memory at rest"): the
+//     arena keeps a batch's activations reserved (int8, 128-token pairs:
+//     894 MB resident with both on, 675 MB with both off; issue 12's run
+//     with longer pairs: 1,358 and 748 MB) and buys no measurable speed,
+//     since one batch's inference dwarfs its allocations.
+//   - coreml: both off, as on cpu: CoreML runs its partitions in its own
+//     memory, and what the arena would hold is the CPU provider's share on
+//     a machine (the Mac sidecar) whose memory belongs to the LLM beside
+//     it. Not measured: no Mac here.
+//   - cuda: both on, ONNX Runtime's defaults: the CPU arena there holds
+//     only the host-side inputs and outputs (kilobytes per batch) and GPU
+//     hosts are sized for throughput. Not measured: no GPU here.
+func (p Provider) memoryDefaults() (arena, pattern bool) {
+	if p == CUDA {
+		return true, true
+	}
+	return false, false
+}
+
+// memorySettings is how a session treats memory: the CPU arena and
+// memory-pattern planning on or off, and whether each came from the load's
+// configuration or the provider's default.
+type memorySettings struct {
+	arena, pattern             bool
+	arenaForced, patternForced bool
+}
+
+// memorySettings resolves cfg's arena and memory-pattern settings against
+// p's defaults.
+func (p Provider) memorySettings(cfg sdk.LoadConfig) memorySettings {
+	var m memorySettings
+	m.arena, m.pattern = p.memoryDefaults()
+	if cfg.DisableArena != nil {
+		m.arena, m.arenaForced = !*cfg.DisableArena, true
+	}
+	if cfg.DisableMemPattern != nil {
+		m.pattern, m.patternForced = !*cfg.DisableMemPattern, true
+	}
+	return m
+}
+
+// details describes the settings for ModelInfo.Details: "on" or "off",
+// followed by " (default)" where the provider's default applied.
+func (m memorySettings) details() (arena, pattern string) {
+	f := func(on, forced bool) string {
+		s := "off"
+		if on {
+			s = "on"
+		}
+		if !forced {
+			s += " (default)"
+		}
+		return s
+	}
+	return f(m.arena, m.arenaForced), f(m.pattern, m.patternForced)
+}
+
 // appendTo adds the execution provider to the session options. The CPU
 // provider is always present in ONNX Runtime, so nothing is appended for it;
 // for the others a failure wraps sdk.ErrUnavailable and says what is missing.

@@ -51,8 +51,8 @@ type serveConfig struct {
 	logLevel          string
 	logJSON           bool
 	pprofAddr         string
-	disableArena      bool
-	disableMemPattern bool
+	disableArena      optionalBool // unset: the plugin's default for its device
+	disableMemPattern optionalBool // unset: the plugin's default for its device
 	backendOptions    backendOptions
 	batch             batchFlags
 	cache             cacheFlags
@@ -331,9 +331,9 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 			MaxLength:      c.maxLength,
 			IntraOpThreads: c.threads,
 			CacheDir:       c.cacheDir,
-			// Lower resident memory for a little latency (memoryFlagsOn).
-			DisableArena:      c.disableArena,
-			DisableMemPattern: c.disableMemPattern,
+			// Unset unless a flag says otherwise (memoryFlagsOn).
+			DisableArena:      c.disableArena.ptr(),
+			DisableMemPattern: c.disableMemPattern.ptr(),
 			Options:           c.backendOptions,
 		},
 		Prepare: func(ctx context.Context, load *sdk.LoadConfig) error {

@@ -26,12 +26,21 @@ func quantizationAlias(v string) (string, bool) {
 	return "", false
 }
 
-// memoryFlagsOn defines the plugin's memory trade-off flags on fs.
+// memoryFlagsOn defines the plugin's memory trade-off flags on fs. Left
+// unset, each is the plugin's choice for its device.
 func memoryFlagsOn(fs *flag.FlagSet, c *serveConfig, env map[string]string) {
-	fs.BoolVar(&c.disableArena, "no-arena", false,
-		"Turn off ONNX Runtime's CPU memory arena in the plugin: memory freed after a batch goes back to the system instead of staying reserved for the next one, lowering resident memory beside other processes (an LLM server, say) for a little latency per batch. Default false. Environment: RERANK_DISABLE_ARENA.")
+	fs.Var(&c.disableArena, "no-arena",
+		"Turn off ONNX Runtime's CPU memory arena in the plugin: memory freed after a batch goes back to the system instead of staying reserved for the next one. --no-arena=false keeps the arena. Default: the plugin's choice for its device; the ONNX Runtime plugins turn it off on cpu and coreml (on the CPU it held 600 MB more at rest for no measurable speed, docs/BENCHMARKS.md) and keep it on cuda. Environment: RERANK_DISABLE_ARENA.")
 	env["no-arena"] = "RERANK_DISABLE_ARENA"
-	fs.BoolVar(&c.disableMemPattern, "no-mem-pattern", false,
-		"Turn off ONNX Runtime's memory-pattern planning in the plugin, which pre-allocates one block sized for the largest batch shape seen; same trade as --no-arena. Default false. Environment: RERANK_DISABLE_MEM_PATTERN.")
+	fs.Var(&c.disableMemPattern, "no-mem-pattern",
+		"Turn off ONNX Runtime's memory-pattern planning in the plugin, which pre-allocates one block sized for the largest batch shape seen; the same trade as --no-arena, and --no-mem-pattern=false keeps it. Default: the plugin's choice for its device; the ONNX Runtime plugins turn it off on cpu and coreml and keep it on cuda. Environment: RERANK_DISABLE_MEM_PATTERN.")
 	env["no-mem-pattern"] = "RERANK_DISABLE_MEM_PATTERN"
+}
+
+// ptr returns the value, nil while unset.
+func (o *optionalBool) ptr() *bool {
+	if !o.set {
+		return nil
+	}
+	return &o.value
 }

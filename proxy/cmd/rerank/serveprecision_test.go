@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -33,18 +34,33 @@ func TestQuantizationAlias(t *testing.T) {
 }
 
 func TestMemoryFlags(t *testing.T) {
-	f := func(env map[string]string, args []string, arena, pattern bool) {
+	name := func(o optionalBool) string {
+		if v := o.ptr(); v != nil {
+			return strconv.FormatBool(*v)
+		}
+		return "unset"
+	}
+	f := func(env map[string]string, args []string, arena, pattern string) {
 		t.Helper()
 		c, err := parseServe(args, func(k string) string { return env[k] }, io.Discard)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.disableArena != arena || c.disableMemPattern != pattern {
-			t.Fatalf("env %v args %v: arena off %v, pattern off %v; want %v, %v", env, args, c.disableArena, c.disableMemPattern, arena, pattern)
+		if name(c.disableArena) != arena || name(c.disableMemPattern) != pattern {
+			t.Fatalf("env %v args %v: arena off %s, pattern off %s; want %s, %s", env, args, name(c.disableArena), name(c.disableMemPattern), arena, pattern)
 		}
 	}
-	f(nil, nil, false, false)
-	f(map[string]string{"RERANK_DISABLE_ARENA": "true"}, nil, true, false)
-	f(nil, []string{"--no-arena", "--no-mem-pattern"}, true, true)
-	f(map[string]string{"RERANK_DISABLE_MEM_PATTERN": "1"}, []string{"--no-arena=false"}, false, true)
+	f(nil, nil, "unset", "unset")
+	f(map[string]string{"RERANK_DISABLE_ARENA": "true"}, nil, "true", "unset")
+	f(nil, []string{"--no-arena", "--no-mem-pattern"}, "true", "true")
+	f(map[string]string{"RERANK_DISABLE_MEM_PATTERN": "1"}, []string{"--no-arena=false"}, "false", "true")
+	f(map[string]string{"RERANK_DISABLE_ARENA": "true"}, []string{"--no-arena=false"}, "false", "unset")
+	f(map[string]string{"RERANK_DISABLE_ARENA": "0", "RERANK_DISABLE_MEM_PATTERN": "false"}, nil, "false", "false")
+
+	if _, err := parseServe([]string{"--no-arena=maybe"}, func(string) string { return "" }, io.Discard); err == nil {
+		t.Fatal("--no-arena=maybe was accepted")
+	}
+	if _, err := parseServe(nil, func(k string) string { return map[string]string{"RERANK_DISABLE_ARENA": "maybe"}[k] }, io.Discard); err == nil || !strings.Contains(err.Error(), "RERANK_DISABLE_ARENA") {
+		t.Fatalf("RERANK_DISABLE_ARENA=maybe: err = %v, want it named", err)
+	}
 }

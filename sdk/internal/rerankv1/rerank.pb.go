@@ -78,16 +78,21 @@ func (HealthResponse_State) EnumDescriptor() ([]byte, []int) {
 }
 
 type LoadRequest struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	ModelDir          string                 `protobuf:"bytes,1,opt,name=model_dir,json=modelDir,proto3" json:"model_dir,omitempty"`
-	ModelName         string                 `protobuf:"bytes,2,opt,name=model_name,json=modelName,proto3" json:"model_name,omitempty"`
-	Precision         string                 `protobuf:"bytes,3,opt,name=precision,proto3" json:"precision,omitempty"`
-	MaxLength         int32                  `protobuf:"varint,4,opt,name=max_length,json=maxLength,proto3" json:"max_length,omitempty"`
-	IntraOpThreads    int32                  `protobuf:"varint,5,opt,name=intra_op_threads,json=intraOpThreads,proto3" json:"intra_op_threads,omitempty"`
-	DisableArena      bool                   `protobuf:"varint,6,opt,name=disable_arena,json=disableArena,proto3" json:"disable_arena,omitempty"`
-	DisableMemPattern bool                   `protobuf:"varint,7,opt,name=disable_mem_pattern,json=disableMemPattern,proto3" json:"disable_mem_pattern,omitempty"`
-	CacheDir          string                 `protobuf:"bytes,8,opt,name=cache_dir,json=cacheDir,proto3" json:"cache_dir,omitempty"`
-	Options           map[string]string      `protobuf:"bytes,9,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	ModelDir       string                 `protobuf:"bytes,1,opt,name=model_dir,json=modelDir,proto3" json:"model_dir,omitempty"`
+	ModelName      string                 `protobuf:"bytes,2,opt,name=model_name,json=modelName,proto3" json:"model_name,omitempty"`
+	Precision      string                 `protobuf:"bytes,3,opt,name=precision,proto3" json:"precision,omitempty"`
+	MaxLength      int32                  `protobuf:"varint,4,opt,name=max_length,json=maxLength,proto3" json:"max_length,omitempty"`
+	IntraOpThreads int32                  `protobuf:"varint,5,opt,name=intra_op_threads,json=intraOpThreads,proto3" json:"intra_op_threads,omitempty"`
+	// disable_arena and disable_mem_pattern turn the runtime's memory arena
+	// and memory-pattern planning off (true) or on (false); unset leaves each
+	// to the backend's default for its device. The fields were plain bools
+	// before; a proxy that sent false sent nothing, which now means the
+	// default.
+	DisableArena      *bool             `protobuf:"varint,6,opt,name=disable_arena,json=disableArena,proto3,oneof" json:"disable_arena,omitempty"`
+	DisableMemPattern *bool             `protobuf:"varint,7,opt,name=disable_mem_pattern,json=disableMemPattern,proto3,oneof" json:"disable_mem_pattern,omitempty"`
+	CacheDir          string            `protobuf:"bytes,8,opt,name=cache_dir,json=cacheDir,proto3" json:"cache_dir,omitempty"`
+	Options           map[string]string `protobuf:"bytes,9,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -158,15 +163,15 @@ func (x *LoadRequest) GetIntraOpThreads() int32 {
 }
 
 func (x *LoadRequest) GetDisableArena() bool {
-	if x != nil {
-		return x.DisableArena
+	if x != nil && x.DisableArena != nil {
+		return *x.DisableArena
 	}
 	return false
 }
 
 func (x *LoadRequest) GetDisableMemPattern() bool {
-	if x != nil {
-		return x.DisableMemPattern
+	if x != nil && x.DisableMemPattern != nil {
+		return *x.DisableMemPattern
 	}
 	return false
 }
@@ -698,7 +703,7 @@ var File_rerank_v1_rerank_proto protoreflect.FileDescriptor
 
 const file_rerank_v1_rerank_proto_rawDesc = "" +
 	"\n" +
-	"\x16rerank/v1/rerank.proto\x12\trerank.v1\"\x9d\x03\n" +
+	"\x16rerank/v1/rerank.proto\x12\trerank.v1\"\xd1\x03\n" +
 	"\vLoadRequest\x12\x1b\n" +
 	"\tmodel_dir\x18\x01 \x01(\tR\bmodelDir\x12\x1d\n" +
 	"\n" +
@@ -706,14 +711,16 @@ const file_rerank_v1_rerank_proto_rawDesc = "" +
 	"\tprecision\x18\x03 \x01(\tR\tprecision\x12\x1d\n" +
 	"\n" +
 	"max_length\x18\x04 \x01(\x05R\tmaxLength\x12(\n" +
-	"\x10intra_op_threads\x18\x05 \x01(\x05R\x0eintraOpThreads\x12#\n" +
-	"\rdisable_arena\x18\x06 \x01(\bR\fdisableArena\x12.\n" +
-	"\x13disable_mem_pattern\x18\a \x01(\bR\x11disableMemPattern\x12\x1b\n" +
+	"\x10intra_op_threads\x18\x05 \x01(\x05R\x0eintraOpThreads\x12(\n" +
+	"\rdisable_arena\x18\x06 \x01(\bH\x00R\fdisableArena\x88\x01\x01\x123\n" +
+	"\x13disable_mem_pattern\x18\a \x01(\bH\x01R\x11disableMemPattern\x88\x01\x01\x12\x1b\n" +
 	"\tcache_dir\x18\b \x01(\tR\bcacheDir\x12=\n" +
 	"\aoptions\x18\t \x03(\v2#.rerank.v1.LoadRequest.OptionsEntryR\aoptions\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd1\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x10\n" +
+	"\x0e_disable_arenaB\x16\n" +
+	"\x14_disable_mem_pattern\"\xd1\x03\n" +
 	"\tModelInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\tR\brevision\x12\x16\n" +
@@ -820,6 +827,7 @@ func file_rerank_v1_rerank_proto_init() {
 	if File_rerank_v1_rerank_proto != nil {
 		return
 	}
+	file_rerank_v1_rerank_proto_msgTypes[0].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
