@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/rerank-sidecar/rerank/sdk/onnx/onnxpb"
@@ -197,15 +198,40 @@ func writeFileAtomic(path string, write func(io.Writer) error) error {
 // ReadModel reads a model file (or dir/model.onnx) and loads any external
 // tensor data into raw_data, so the result is self-contained. External
 // locations must stay inside the model's directory.
+//
+// It holds the model once: each initializer's raw_data is read from the file
+// into its own buffer and only the rest of the message (the graph's nodes and
+// the tensors' headers, a few MB) is parsed from memory, so reading a 1.2 GB
+// model peaks at about 1.2 GB rather than the file's bytes plus the parsed
+// copy of them. The result equals proto.Unmarshal of the whole file.
 func ReadModel(path string) (*onnxpb.ModelProto, error) {
 	path = modelPath(path)
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("onnx: read model: %w", err)
 	}
-	m, err := Unmarshal(b)
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("onnx: read model: %w", err)
+	}
+	r := &wireReader{r: bufio.NewReaderSize(f, 1<<20)} // 1 MiB: many small fields between large tensors
+	skeleton, raws, err := r.model(fi.Size())
+	if err != nil {
+		return nil, fmt.Errorf("onnx: %s: parse model: %w", path, err)
+	}
+	m, err := Unmarshal(skeleton)
 	if err != nil {
 		return nil, fmt.Errorf("onnx: %s: %w", path, err)
+	}
+	inits := m.GetGraph().GetInitializer()
+	if len(raws) > 0 && len(raws) != len(inits) {
+		return nil, fmt.Errorf("onnx: %s: parse model: %d initializers read, %d parsed", path, len(raws), len(inits))
+	}
+	for i, raw := range raws {
+		if raw != nil {
+			inits[i].RawData = raw
+		}
 	}
 	files := map[string]*os.File{}
 	defer func() {
@@ -213,7 +239,7 @@ func ReadModel(path string) (*onnxpb.ModelProto, error) {
 			f.Close()
 		}
 	}()
-	for _, t := range m.GetGraph().GetInitializer() {
+	for _, t := range inits {
 		if t.GetDataLocation() != onnxpb.TensorProto_EXTERNAL {
 			continue
 		}
@@ -222,6 +248,215 @@ func ReadModel(path string) (*onnxpb.ModelProto, error) {
 		}
 	}
 	return m, nil
+}
+
+// Field numbers ReadModel descends into: ModelProto.graph,
+// GraphProto.initializer and TensorProto.raw_data (onnx.proto).
+const (
+	modelGraphField       = 7
+	graphInitializerField = 5
+	tensorRawDataField    = 9
+)
+
+// wireReader walks a serialized ModelProto from a stream, copying every
+// field into a skeleton message except the graph initializers' raw_data,
+// which it reads into buffers of their own.
+type wireReader struct {
+	r   *bufio.Reader
+	pos int64 // bytes consumed
+}
+
+// model reads a ModelProto of n bytes. It returns the model without its
+// initializers' raw_data, and the raw_data of each initializer in order
+// (nil for one without).
+func (w *wireReader) model(n int64) (skeleton []byte, raws [][]byte, err error) {
+	end := w.pos + n
+	for w.pos < end {
+		num, typ, tag, err := w.tag()
+		if err != nil {
+			return nil, nil, err
+		}
+		if num != modelGraphField || typ != protowire.BytesType {
+			if skeleton, err = w.copyField(skeleton, tag, typ, end); err != nil {
+				return nil, nil, err
+			}
+			continue
+		}
+		size, err := w.length(end)
+		if err != nil {
+			return nil, nil, err
+		}
+		g, r, err := w.graph(size)
+		if err != nil {
+			return nil, nil, err
+		}
+		// A repeated graph field merges into one message, as Unmarshal
+		// merges it: the initializers of every occurrence add up in order.
+		raws = append(raws, r...)
+		skeleton = protowire.AppendVarint(skeleton, tag)
+		skeleton = protowire.AppendBytes(skeleton, g)
+	}
+	if w.pos != end {
+		return nil, nil, errors.New("a field runs past the end of the file")
+	}
+	return skeleton, raws, nil
+}
+
+// graph reads a GraphProto of n bytes, as model does.
+func (w *wireReader) graph(n int64) (skeleton []byte, raws [][]byte, err error) {
+	end := w.pos + n
+	for w.pos < end {
+		num, typ, tag, err := w.tag()
+		if err != nil {
+			return nil, nil, err
+		}
+		if num != graphInitializerField || typ != protowire.BytesType {
+			if skeleton, err = w.copyField(skeleton, tag, typ, end); err != nil {
+				return nil, nil, err
+			}
+			continue
+		}
+		size, err := w.length(end)
+		if err != nil {
+			return nil, nil, err
+		}
+		t, raw, err := w.tensor(size)
+		if err != nil {
+			return nil, nil, err
+		}
+		raws = append(raws, raw)
+		skeleton = protowire.AppendVarint(skeleton, tag)
+		skeleton = protowire.AppendBytes(skeleton, t)
+	}
+	if w.pos != end {
+		return nil, nil, errors.New("a graph field runs past the end of the graph")
+	}
+	return skeleton, raws, nil
+}
+
+// tensor reads a TensorProto of n bytes: its raw_data into a buffer of its
+// own (the last occurrence, as Unmarshal keeps), the rest into skeleton.
+func (w *wireReader) tensor(n int64) (skeleton, raw []byte, err error) {
+	end := w.pos + n
+	for w.pos < end {
+		num, typ, tag, err := w.tag()
+		if err != nil {
+			return nil, nil, err
+		}
+		if num != tensorRawDataField || typ != protowire.BytesType {
+			if skeleton, err = w.copyField(skeleton, tag, typ, end); err != nil {
+				return nil, nil, err
+			}
+			continue
+		}
+		size, err := w.length(end)
+		if err != nil {
+			return nil, nil, err
+		}
+		raw = make([]byte, size)
+		if err := w.read(raw); err != nil {
+			return nil, nil, err
+		}
+	}
+	if w.pos != end {
+		return nil, nil, errors.New("a tensor field runs past the end of the tensor")
+	}
+	return skeleton, raw, nil
+}
+
+// tag reads a field's tag.
+func (w *wireReader) tag() (protowire.Number, protowire.Type, uint64, error) {
+	v, err := w.varint()
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	num, typ := protowire.DecodeTag(v)
+	if !num.IsValid() {
+		return 0, 0, 0, fmt.Errorf("invalid field number %d at byte %d", num, w.pos)
+	}
+	return num, typ, v, nil
+}
+
+// varint reads one varint.
+func (w *wireReader) varint() (uint64, error) {
+	var v uint64
+	for shift := 0; shift < 64; shift += 7 {
+		b, err := w.r.ReadByte()
+		if err != nil {
+			return 0, unexpected(err)
+		}
+		w.pos++
+		v |= uint64(b&0x7f) << shift
+		if b < 0x80 {
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("varint overflows 64 bits at byte %d", w.pos)
+}
+
+// length reads a length prefix and checks it ends by end.
+func (w *wireReader) length(end int64) (int64, error) {
+	v, err := w.varint()
+	if err != nil {
+		return 0, err
+	}
+	if v > uint64(end-w.pos) {
+		return 0, fmt.Errorf("a %d-byte field at byte %d runs past its message", v, w.pos)
+	}
+	return int64(v), nil
+}
+
+// read fills p from the stream.
+func (w *wireReader) read(p []byte) error {
+	if _, err := io.ReadFull(w.r, p); err != nil {
+		return unexpected(err)
+	}
+	w.pos += int64(len(p))
+	return nil
+}
+
+// copyField appends the field whose tag was just read, value included, to
+// dst.
+func (w *wireReader) copyField(dst []byte, tag uint64, typ protowire.Type, end int64) ([]byte, error) {
+	dst = protowire.AppendVarint(dst, tag)
+	switch typ {
+	case protowire.VarintType:
+		v, err := w.varint()
+		if err != nil {
+			return nil, err
+		}
+		return protowire.AppendVarint(dst, v), nil
+	case protowire.Fixed32Type, protowire.Fixed64Type:
+		size := int64(4)
+		if typ == protowire.Fixed64Type {
+			size = 8
+		}
+		if size > end-w.pos {
+			return nil, fmt.Errorf("a fixed-size field at byte %d runs past its message", w.pos)
+		}
+		n := len(dst)
+		dst = append(dst, make([]byte, size)...)
+		return dst, w.read(dst[n:])
+	case protowire.BytesType:
+		size, err := w.length(end)
+		if err != nil {
+			return nil, err
+		}
+		dst = protowire.AppendVarint(dst, uint64(size))
+		n := len(dst)
+		dst = append(dst, make([]byte, size)...)
+		return dst, w.read(dst[n:])
+	}
+	// Groups are proto2-only and onnx.proto has none.
+	return nil, fmt.Errorf("unsupported wire type %d at byte %d", typ, w.pos)
+}
+
+// unexpected turns a clean EOF inside a message into io.ErrUnexpectedEOF.
+func unexpected(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // loadExternal reads one tensor's external data into its raw_data.

@@ -2,12 +2,15 @@ package onnx_test
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/rerank-sidecar/rerank/sdk/onnx"
@@ -184,4 +187,136 @@ func TestFloats(t *testing.T) {
 	f("negative dim", &onnxpb.TensorProto{Dims: []int64{-1}, DataType: int32(onnx.Float)}, nil, true)
 	f("overflow", &onnxpb.TensorProto{Dims: []int64{1 << 40, 1 << 40}, DataType: int32(onnx.Float)}, nil, true)
 	f("external", &onnxpb.TensorProto{Dims: []int64{1}, DataType: int32(onnx.Float), DataLocation: onnxpb.TensorProto_EXTERNAL}, nil, true)
+}
+
+// oddModel is smallModel with what a streaming reader could get wrong: a
+// tensor with float_data instead of raw_data, a Constant node holding a
+// tensor, an empty raw_data, and unknown fields at every level it descends.
+func oddModel() *onnxpb.ModelProto {
+	m := smallModel()
+	g := m.GetGraph()
+	g.Initializer = append(g.Initializer,
+		&onnxpb.TensorProto{Name: "f", Dims: []int64{3}, DataType: int32(onnx.Float), FloatData: []float32{1, 2, 3}},
+		&onnxpb.TensorProto{Name: "empty", Dims: []int64{0}, DataType: int32(onnx.Float), RawData: []byte{}})
+	g.Node = append(g.Node, &onnxpb.NodeProto{OpType: "Constant", Output: []string{"c"}, Attribute: []*onnxpb.AttributeProto{{
+		Name: "value", Type: onnxpb.AttributeProto_TENSOR, T: onnx.FloatTensor("c", []int64{2}, []float32{4, 5})}}})
+	unknown := protowire.AppendVarint(protowire.AppendTag(nil, 999, protowire.VarintType), 7)
+	m.ProtoReflect().SetUnknown(unknown)
+	g.ProtoReflect().SetUnknown(unknown)
+	g.Initializer[0].ProtoReflect().SetUnknown(unknown)
+	return m
+}
+
+// TestReadModelMatchesUnmarshal checks that the streaming reader gives the
+// model proto.Unmarshal gives for the whole file, byte for byte once
+// marshalled again, including the wire-format cases Unmarshal merges: a
+// repeated raw_data (the last wins) and a repeated graph (initializers add
+// up).
+func TestReadModelMatchesUnmarshal(t *testing.T) {
+	f := func(name string, b []byte) {
+		t.Helper()
+		path := filepath.Join(t.TempDir(), "model.onnx")
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		want, err := onnx.Unmarshal(b)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got, err := onnx.ReadModel(path)
+		if err != nil {
+			t.Fatalf("%s: ReadModel: %v", name, err)
+		}
+		if !proto.Equal(got, want) {
+			t.Fatalf("%s: ReadModel differs from Unmarshal", name)
+		}
+		gb, _ := onnx.Marshal(got)
+		wb, _ := onnx.Marshal(want)
+		if !bytes.Equal(gb, wb) {
+			t.Fatalf("%s: ReadModel's model marshals to other bytes than Unmarshal's", name)
+		}
+	}
+	small, _ := onnx.Marshal(smallModel())
+	f("small", small)
+	odd, _ := onnx.Marshal(oddModel())
+	f("odd", odd)
+
+	// A second raw_data in the first initializer, and a second graph field
+	// with one more initializer.
+	g := oddModel().GetGraph()
+	tb, _ := proto.Marshal(g.Initializer[0])
+	tb = protowire.AppendBytes(protowire.AppendTag(tb, 9, protowire.BytesType), []byte{1, 2, 3, 4})
+	g.Initializer[0] = &onnxpb.TensorProto{}
+	gb, _ := proto.Marshal(g)
+	gb = protowire.AppendBytes(protowire.AppendTag(gb, 5, protowire.BytesType), tb)
+	m := oddModel()
+	m.Graph = nil
+	mb, _ := proto.Marshal(m)
+	mb = protowire.AppendBytes(protowire.AppendTag(mb, 7, protowire.BytesType), gb)
+	extra, _ := proto.Marshal(&onnxpb.GraphProto{Initializer: []*onnxpb.TensorProto{onnx.FloatTensor("z", []int64{1}, []float32{9})}})
+	mb = protowire.AppendBytes(protowire.AppendTag(mb, 7, protowire.BytesType), extra)
+	f("repeated fields", mb)
+}
+
+// TestReadModelBroken cuts and corrupts a model at every byte: ReadModel
+// may refuse, but whatever it accepts is what Unmarshal gives, and it never
+// panics.
+func TestReadModelBroken(t *testing.T) {
+	b, _ := onnx.Marshal(oddModel())
+	dir := t.TempDir()
+	path := filepath.Join(dir, "model.onnx")
+	f := func(what string, b []byte) {
+		t.Helper()
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		got, err := onnx.ReadModel(path)
+		if err != nil {
+			return
+		}
+		want, werr := onnx.Unmarshal(b)
+		if werr != nil {
+			t.Fatalf("%s: ReadModel accepted what Unmarshal refuses (%v)", what, werr)
+		}
+		if !proto.Equal(got, want) {
+			t.Fatalf("%s: ReadModel differs from Unmarshal", what)
+		}
+	}
+	for i := range b {
+		f(fmt.Sprintf("cut at %d", i), b[:i])
+		c := slices.Clone(b)
+		c[i] ^= 0xff
+		f(fmt.Sprintf("byte %d flipped", i), c)
+	}
+}
+
+// TestReadModelHoldsTheModelOnce checks the point of the streaming reader:
+// reading a model allocates about its size once, not the file's bytes plus
+// their parsed copy (what os.ReadFile and Unmarshal allocate).
+func TestReadModelHoldsTheModelOnce(t *testing.T) {
+	const size = 32 << 20 // 32 MiB of weights: far above the reader's buffers and the graph
+	g := onnx.NewGraph("big")
+	x := g.AddInput("x", onnx.Float, onnx.Sym("batch"), onnx.Fixed(1024))
+	w := g.AddFloat("w", []int64{1024, size / 4 / 1024}, make([]float32, size/4))
+	g.AddNode("MatMul", []string{x, w}, "y")
+	g.AddOutput("y", onnx.Float, onnx.Sym("batch"), onnx.Fixed(size/4/1024))
+	path := filepath.Join(t.TempDir(), "model.onnx")
+	if err := onnx.WriteModel(path, g.Model("test", "1"), onnx.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	m, err := onnx.ReadModel(path)
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(m.GetGraph().GetInitializer()[0].GetRawData()); n != size {
+		t.Fatalf("read %d bytes of weights, want %d", n, size)
+	}
+	// 1.25×: the weights once plus the reader's 1 MiB buffer and the
+	// skeleton; reading the file whole and parsing it allocates 2×.
+	if got := after.TotalAlloc - before.TotalAlloc; got > size*5/4 {
+		t.Errorf("ReadModel allocated %d bytes for %d bytes of weights; want at most 1.25×", got, size)
+	}
 }

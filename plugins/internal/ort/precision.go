@@ -117,6 +117,13 @@ func quantizationName(p sdk.Precision, reduceRange bool) string {
 	return "int8-dynamic-per-channel"
 }
 
+// conversionGCPercent is the garbage collector's target during a
+// conversion: a collection once the heap grows 10% over the live memory,
+// against Go's default of 100%, which let a 1.2 GB fp32 model's int8
+// conversion peak at 4.2 GB. docs/BENCHMARKS.md ("Memory at rest") has the
+// peaks with it.
+const conversionGCPercent = 10
+
 // converterVersion is part of every conversion cache key: bump it when a
 // conversion pass changes what it writes, so stale cache entries are not
 // reused.
@@ -224,6 +231,13 @@ func convertedModel(cfg sdk.LoadConfig, src sourceModel, p sdk.Precision) (model
 		mf.Details["conversion"] = "cache hit"
 		return mf, nil
 	}
+	// The conversion's live memory is the source model plus what it
+	// becomes; the garbage between them (each weight's float copy, the
+	// replaced tensors) would let the heap grow to twice the live memory
+	// at Go's default pacing. Collecting early keeps the peak near the live
+	// memory for a few more collections of a heap that is almost all
+	// pointer-free tensor bytes, so cheap to mark.
+	defer debug.SetGCPercent(debug.SetGCPercent(conversionGCPercent))
 	m, err := buildSource(cfg.ModelDir, src)
 	if err != nil {
 		return modelFile{}, err
