@@ -361,6 +361,9 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 
 	// ---- BATCH STAGE (issue 6, proxy/internal/batch) ----
 	bcfg := batchConfig(&c.batch, c.backend, c.maxLength)
+	// A crashed plugin costs latency, not answers: pairs wait for the
+	// restarted plugin, and a batch lost in the crash is sent again.
+	bcfg.Up = sup.Up
 	bcfg.Metrics = modelMetrics
 	batcher := batch.New(next, bcfg)
 	next = batcher
@@ -442,9 +445,11 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	return nil
 }
 
-// readyRouter routes to the one served model, refusing while its plugin is
-// not ready (loading, restarting or failed): such requests are answered 503
-// at once, as the seed server did.
+// readyRouter routes to the one served model, refusing until its plugin
+// has loaded it the first time and after its load failed for good: such
+// requests are answered 503 at once, as the seed server did. While a
+// crashed plugin restarts, requests go on: the batcher queues them for the
+// plugin that comes back.
 type readyRouter struct {
 	rerank.Router
 	sup *backend.Supervisor
@@ -452,10 +457,18 @@ type readyRouter struct {
 
 func (r readyRouter) Route(ctx context.Context, name string) (rerank.Scorer, string, error) {
 	next, model, err := r.Router.Route(ctx, name)
-	if err == nil && r.sup.Status().State != sdk.StateReady {
+	if err != nil {
+		return next, model, err
+	}
+	select {
+	case <-r.sup.Ready():
+	default:
 		return nil, model, fmt.Errorf("serve: %s: %w", model, sdk.ErrNotLoaded)
 	}
-	return next, model, err
+	if r.sup.Status().State == sdk.StateFailed {
+		return nil, model, fmt.Errorf("serve: %s: %w", model, sdk.ErrNotLoaded)
+	}
+	return next, model, nil
 }
 
 // modelInfo is /health's "model_info": what the plugin actually loaded. The

@@ -440,6 +440,9 @@ func (s *Server) writeError(ctx *fasthttp.RequestCtx, err error) {
 		ctx.Response.Header.Set("Retry-After", retryAfterSeconds)
 		writeDetail(ctx, fasthttp.StatusTooManyRequests, "Server overloaded, retry later")
 	case errors.Is(err, sdk.ErrNotLoaded), errors.Is(err, sdk.ErrUnavailable):
+		// Loading, or no plugin could come up within the request's
+		// deadline: worth retrying shortly.
+		ctx.Response.Header.Set("Retry-After", retryAfterSeconds)
 		writeDetail(ctx, fasthttp.StatusServiceUnavailable, "Model not loaded")
 	case errors.Is(err, sdk.ErrInvalidInput):
 		// The backend refused the input (for example a pair it cannot

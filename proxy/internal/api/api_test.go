@@ -286,8 +286,8 @@ func TestErrorMapping(t *testing.T) {
 		}
 	}
 	f(fmt.Errorf("batch: queue full: %w", sdk.ErrOverloaded), 429, `{"detail":"Server overloaded, retry later"}`, "1")
-	f(fmt.Errorf("backend: %w", sdk.ErrNotLoaded), 503, `{"detail":"Model not loaded"}`, "")
-	f(fmt.Errorf("backend: plugin exited: %w", sdk.ErrUnavailable), 503, `{"detail":"Model not loaded"}`, "")
+	f(fmt.Errorf("backend: %w", sdk.ErrNotLoaded), 503, `{"detail":"Model not loaded"}`, "1")
+	f(fmt.Errorf("backend: plugin exited: %w", sdk.ErrUnavailable), 503, `{"detail":"Model not loaded"}`, "1")
 	f(fmt.Errorf("plugin: %w", context.DeadlineExceeded), 504, `{"detail":"Rerank inference timed out"}`, "")
 	f(fmt.Errorf("plugin: cannot encode: %w", sdk.ErrInvalidInput), 422, `{"detail":"rerank: scoring 1 pairs on m: plugin: cannot encode: invalid input"}`, "")
 	f(errors.New("plugin: boom"), 500, `{"detail":"Internal Server Error"}`, "")

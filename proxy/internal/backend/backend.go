@@ -134,6 +134,7 @@ type Supervisor struct {
 
 	ready  chan struct{}
 	once   sync.Once
+	up     chan struct{} // closed while ready; a new open one after a crash
 	check  chan struct{}
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -174,6 +175,7 @@ func Start(cfg Config) (*Supervisor, error) {
 		logger: cfg.Logger.Named("backend"),
 		status: Status{State: sdk.StateLoading, Kind: kinds[0], Device: kinds[0], Message: "starting plugin " + BinaryPrefix + kinds[0]},
 		ready:  make(chan struct{}),
+		up:     make(chan struct{}),
 		check:  make(chan struct{}, 1),
 		ctx:    ctx,
 		cancel: cancel,
@@ -219,6 +221,25 @@ func (s *Supervisor) Status() Status {
 // Ready is closed when the model has loaded the first time.
 func (s *Supervisor) Ready() <-chan struct{} { return s.ready }
 
+// Up returns a channel that is closed while the plugin is ready to score,
+// and stays open while it is not (loading, restarting after a crash, or
+// failed): stages in front of the plugin wait on it instead of failing.
+func (s *Supervisor) Up() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.up
+}
+
+// downLocked opens Up's channel again, unless it is open already: stages
+// waiting on it wait for the next load.
+func (s *Supervisor) downLocked() {
+	select {
+	case <-s.up:
+		s.up = make(chan struct{})
+	default:
+	}
+}
+
 // Stats returns the counters.
 func (s *Supervisor) Stats() Stats {
 	st := s.Status()
@@ -252,8 +273,17 @@ func (s *Supervisor) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, er
 	scores, err := b.Score(sdk.WithUsage(ctx, &usage), pairs)
 	if err != nil {
 		if errors.Is(err, sdk.ErrUnavailable) {
-			// The connection broke: have the watcher look now rather than
-			// at its next tick.
+			// The connection broke: the plugin is down from now on (so
+			// that nothing is sent to it again until it is restarted),
+			// and the watcher restarts it now rather than at its next
+			// tick.
+			s.mu.Lock()
+			if s.backend == b {
+				s.backend = nil
+				s.status.State = sdk.StateLoading
+				s.downLocked()
+			}
+			s.mu.Unlock()
 			select {
 			case s.check <- struct{}{}:
 			default:
@@ -422,6 +452,7 @@ func (s *Supervisor) start(kind string) error {
 	s.client, s.backend = client, b
 	s.status.State, s.status.Message, s.status.Kind = sdk.StateReady, "", kind
 	s.status.Model = &info
+	close(s.up)
 	s.status.LoadDuration = loadDuration
 	s.status.PID = 0
 	if rc := client.ReattachConfig(); rc != nil {
@@ -453,11 +484,21 @@ func (s *Supervisor) watch() string {
 			return ""
 		case <-tick.C:
 		case <-s.check:
+			// A call found the connection broken: whether or not the
+			// process has exited yet, it is of no use any more.
+			s.mu.Lock()
+			s.backend = nil
+			s.status.State, s.status.PID = sdk.StateLoading, 0
+			s.downLocked()
+			s.mu.Unlock()
+			client.Kill()
+			return "plugin connection broke"
 		}
 		if client.Exited() {
 			s.mu.Lock()
 			s.backend = nil
 			s.status.State, s.status.PID = sdk.StateLoading, 0
+			s.downLocked()
 			s.mu.Unlock()
 			client.Kill()
 			return "plugin process exited unexpectedly"

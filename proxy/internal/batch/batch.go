@@ -19,6 +19,7 @@ package batch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/bits"
 	"sync"
@@ -102,6 +103,16 @@ type Config struct {
 	Clock Clock
 	// Metrics receives queue waits and rejections; nil records nothing.
 	Metrics *metrics.Model
+	// Up, when set, returns a channel that is closed while the next stage
+	// can score and open while it cannot (its plugin crashed and is
+	// restarting). Pairs then wait in the queue, under MaxQueue and their
+	// deadlines, and the pairs of a batch lost to the crash are queued
+	// again, once: a batch that crashes the plugin twice fails its
+	// requests with an error wrapping sdk.ErrInvalidInput, so one
+	// poisonous input cannot crash it for ever. A request whose deadline
+	// passes while the plugin is down fails with sdk.ErrNotLoaded. nil
+	// means always up, and a failed batch fails its requests.
+	Up func() <-chan struct{}
 }
 
 // ForDevice returns the configuration chosen from measurements for a
@@ -239,6 +250,12 @@ type Stats struct {
 	PaddedTokens uint64 `json:"padded_tokens"`
 	// PaddedShare is PaddedTokens over all the positions computed.
 	PaddedShare float64 `json:"padded_share"`
+	// ResentPairs counts pairs queued again because the plugin crashed
+	// while scoring their batch.
+	ResentPairs uint64 `json:"resent_pairs"`
+	// PoisonPairs counts pairs failed because their batch crashed the
+	// plugin a second time.
+	PoisonPairs uint64 `json:"poison_pairs"`
 }
 
 // Batcher is the micro-batching pipeline stage. It is safe for concurrent use.
@@ -272,6 +289,9 @@ type Batcher struct {
 	shed          uint64
 	tokens        uint64 // real tokens the plugin reported
 	computed      uint64 // positions it computed, padding included
+	resent        uint64
+	poison        uint64
+	waitingUp     bool // a goroutine waits for the next stage to come up
 
 	// afterEnqueue and afterBatch, when set by tests, run after a request
 	// is queued and after a finished batch has been accounted for.
@@ -306,6 +326,9 @@ type item struct {
 	tokens int
 	bytes  int // sdk.PairBytes(pair)
 	seq    uint64
+	// crashed says the plugin already crashed once on a batch holding
+	// this pair.
+	crashed bool
 }
 
 // batchRun is one dispatched batch.
@@ -405,7 +428,48 @@ func (b *Batcher) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error
 		}
 	default:
 	}
+	if !b.up() {
+		return nil, fmt.Errorf("batch: no plugin came up within the request's deadline (%v): %w", ctx.Err(), sdk.ErrNotLoaded)
+	}
 	return nil, fmt.Errorf("batch: waiting for %d pairs: %w", len(pairs), ctx.Err())
+}
+
+// up reports whether the next stage can score now.
+func (b *Batcher) up() bool {
+	if b.cfg.Up == nil {
+		return true
+	}
+	select {
+	case <-b.cfg.Up():
+		return true
+	default:
+		return false
+	}
+}
+
+// waitUpLocked reports whether the next stage can score now; when it
+// cannot, it makes sure the queue is pumped once it can.
+func (b *Batcher) waitUpLocked() bool {
+	if b.cfg.Up == nil {
+		return true
+	}
+	up := b.cfg.Up()
+	select {
+	case <-up:
+		return true
+	default:
+	}
+	if !b.waitingUp {
+		b.waitingUp = true
+		go func() {
+			<-up
+			b.mu.Lock()
+			b.waitingUp = false
+			b.pumpLocked()
+			b.mu.Unlock()
+		}()
+	}
+	return false
 }
 
 func (r *request) result() ([]float32, error) {
@@ -552,6 +616,9 @@ func bucketOf(n int) int {
 func (b *Batcher) pumpLocked() {
 	now := b.cfg.Clock.Now()
 	for b.inFlight < b.cfg.MaxInFlight {
+		if !b.waitUpLocked() {
+			return
+		}
 		head := b.oldestLocked()
 		if head == nil {
 			return
@@ -733,9 +800,40 @@ func (b *Batcher) execute(ctx context.Context, run *batchRun) {
 	b.inFlight--
 	b.inFlightTokens -= run.tokens
 	b.measureLocked(run.tokens, err == nil)
-	for i, it := range run.items {
+	// A batch lost to a plugin crash (the connection broke: ErrUnavailable)
+	// or sent while the plugin was down (ErrNotLoaded) is queued again, in
+	// front, for the plugin that comes back; a pair whose batch crashed the
+	// plugin before fails.
+	resend := err != nil && b.cfg.Up != nil && (errors.Is(err, sdk.ErrUnavailable) || errors.Is(err, sdk.ErrNotLoaded))
+	crashed := errors.Is(err, sdk.ErrUnavailable)
+	if resend && crashed {
+		for _, it := range run.items {
+			if !it.req.dead && it.crashed {
+				b.poison++
+				b.killLocked(it.req, fmt.Errorf("batch: the plugin crashed twice scoring a batch holding this request's pairs, which are not sent again (%v): %w", err, sdk.ErrInvalidInput))
+			}
+		}
+	}
+	for i := len(run.items) - 1; resend && i >= 0; i-- {
+		it := run.items[i]
 		r := it.req
 		if r.dead {
+			continue
+		}
+		if crashed {
+			it.crashed = true
+			b.resent++
+		}
+		r.queued++
+		r.queuedTok += it.tokens
+		b.queuedPairs++
+		b.queuedTokens += it.tokens
+		b.buckets[bucketOf(it.tokens)].pushFront(it)
+		b.dueSeq = max(b.dueSeq, it.seq)
+	}
+	for i, it := range run.items {
+		r := it.req
+		if r.dead || resend {
 			continue
 		}
 		if err != nil {
@@ -840,6 +938,8 @@ func (b *Batcher) Stats() Stats {
 		DuplicatePairs:   b.duplicates,
 		Tokens:           b.tokens,
 		PaddedTokens:     b.computed - b.tokens,
+		ResentPairs:      b.resent,
+		PoisonPairs:      b.poison,
 	}
 	if b.computed > 0 {
 		s.PaddedShare = float64(b.computed-b.tokens) / float64(b.computed)
@@ -869,6 +969,19 @@ func (q *queue) push(it *item) {
 		q.items, q.head = q.items[:n], 0
 	}
 	q.items = append(q.items, it)
+}
+
+// pushFront puts it before every queued item: a pair sent again goes
+// before those that arrived after it.
+func (q *queue) pushFront(it *item) {
+	if q.head > 0 {
+		q.head--
+		q.items[q.head] = it
+		return
+	}
+	q.items = append(q.items, nil)
+	copy(q.items[1:], q.items)
+	q.items[0] = it
 }
 
 func (q *queue) front() *item {

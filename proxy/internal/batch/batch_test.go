@@ -859,3 +859,131 @@ func TestUsageCounted(t *testing.T) {
 	f(true)
 	f(false)
 }
+
+// crashingBackend fails its first crashes calls as a plugin crash does
+// (sdk.ErrUnavailable), taking the plugin down until restart is called.
+type crashingBackend struct {
+	mu      sync.Mutex
+	crashes int
+	calls   int
+	up      chan struct{}
+}
+
+func newCrashingBackend(crashes int) *crashingBackend {
+	c := &crashingBackend{crashes: crashes, up: make(chan struct{})}
+	close(c.up)
+	return c
+}
+
+func (c *crashingBackend) Up() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.up
+}
+
+func (c *crashingBackend) restart() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	close(c.up)
+}
+
+func (c *crashingBackend) Score(_ context.Context, pairs []sdk.Pair) ([]float32, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls++
+	if c.calls <= c.crashes {
+		c.up = make(chan struct{})
+		return nil, fmt.Errorf("plugin died: %w", sdk.ErrUnavailable)
+	}
+	out := make([]float32, len(pairs))
+	for i, p := range pairs {
+		out[i] = float32(len(p.Document))
+	}
+	return out, nil
+}
+
+// A plugin crash costs latency, not answers (issue 13, failure 9): the
+// batch lost in the crash is sent again to the restarted plugin, and a
+// request arriving while it restarts waits for it.
+func TestCrashedBatchIsResent(t *testing.T) {
+	be := newCrashingBackend(1)
+	b := New(be, Config{Enabled: true, Window: 0, MaxQueue: 100, Up: be.Up})
+	type answer struct {
+		scores []float32
+		err    error
+	}
+	first := make(chan answer, 1)
+	go func() {
+		s, err := b.Score(context.Background(), []sdk.Pair{{Query: "q", Document: "a"}, {Query: "q", Document: "bb"}})
+		first <- answer{s, err}
+	}()
+	// The first batch crashed the plugin: both requests wait for it.
+	deadline := time.Now().Add(30 * time.Second)
+	for b.Stats().ResentPairs != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the crashed batch was not queued again: %+v", b.Stats())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	second := make(chan answer, 1)
+	go func() {
+		s, err := b.Score(context.Background(), []sdk.Pair{{Query: "q", Document: "ccc"}})
+		second <- answer{s, err}
+	}()
+	for b.Stats().PendingPairs != 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the request arriving during the restart is not queued: %+v", b.Stats())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case a := <-first:
+		t.Fatalf("answered while the plugin was down: %v %v", a.scores, a.err)
+	default:
+	}
+	be.restart()
+	if a := <-first; a.err != nil || !slices.Equal(a.scores, []float32{1, 2}) {
+		t.Fatalf("first request after the restart: %v %v", a.scores, a.err)
+	}
+	if a := <-second; a.err != nil || !slices.Equal(a.scores, []float32{3}) {
+		t.Fatalf("second request after the restart: %v %v", a.scores, a.err)
+	}
+	if st := b.Stats(); st.PendingPairs != 0 || st.PoisonPairs != 0 {
+		t.Fatalf("after: %+v", st)
+	}
+}
+
+// A batch that crashes the plugin twice is failed, with an error saying so,
+// rather than crashing it for ever; a request whose deadline passes while
+// no plugin is up fails with sdk.ErrNotLoaded (503), not a timeout.
+func TestPoisonBatchFailsAfterTwoCrashes(t *testing.T) {
+	be := newCrashingBackend(1000)
+	b := New(be, Config{Enabled: true, Window: 0, MaxQueue: 100, Up: be.Up})
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Score(context.Background(), []sdk.Pair{{Query: "q", Document: "poison"}})
+		done <- err
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for b.Stats().ResentPairs != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("not resent: %+v", b.Stats())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	be.restart()
+	err := <-done
+	if !errors.Is(err, sdk.ErrInvalidInput) || !strings.Contains(err.Error(), "crashed twice") {
+		t.Fatalf("poison batch: %v", err)
+	}
+	if st := b.Stats(); st.PoisonPairs != 1 || st.PendingPairs != 0 {
+		t.Fatalf("after: %+v", st)
+	}
+	// The plugin is down now (the second crash): a request's deadline
+	// passes while it waits.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := b.Score(ctx, []sdk.Pair{{Query: "q", Document: "x"}}); !errors.Is(err, sdk.ErrNotLoaded) {
+		t.Fatalf("deadline while down: %v, want ErrNotLoaded", err)
+	}
+}
