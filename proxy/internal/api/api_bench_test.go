@@ -8,6 +8,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
 	"github.com/rerank-sidecar/rerank/proxy/internal/rerank"
 )
 
@@ -24,18 +25,28 @@ func BenchmarkRerankHandler(b *testing.B) {
 		b.Fatal(err)
 	}
 	svc := rerank.New(rerank.Single("m", &fakeScorer{scores: map[string]float32{}}), rerank.Limits{MaxCandidates: 200, MaxCandidateChars: 4000}, "m")
-	s := New(Config{Service: svc})
-	var ctx fasthttp.RequestCtx
-	ctx.Request.Header.SetMethod("POST")
-	ctx.Request.SetRequestURI("/v1/rerank")
-	ctx.Request.SetBody(body)
-	b.SetBytes(int64(len(body)))
-	b.ReportAllocs()
-	for b.Loop() {
-		ctx.Response.Reset()
-		s.Handle(&ctx)
-		if ctx.Response.StatusCode() != 200 {
-			b.Fatalf("%d %s", ctx.Response.StatusCode(), ctx.Response.Body())
+	// metrics=off is the handler without a registry; metrics=on counts
+	// every request as the server does by default (issue 11's cost).
+	for _, on := range []bool{false, true} {
+		name, cfg := "metrics=off", Config{Service: svc}
+		if on {
+			name, cfg.Metrics = "metrics=on", metrics.New("bench")
 		}
+		b.Run(name, func(b *testing.B) {
+			s := New(cfg)
+			var ctx fasthttp.RequestCtx
+			ctx.Request.Header.SetMethod("POST")
+			ctx.Request.SetRequestURI("/v1/rerank")
+			ctx.Request.SetBody(body)
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				ctx.Response.Reset()
+				s.Handle(&ctx)
+				if ctx.Response.StatusCode() != 200 {
+					b.Fatalf("%d %s", ctx.Response.StatusCode(), ctx.Response.Body())
+				}
+			}
+		})
 	}
 }

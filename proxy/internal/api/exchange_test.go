@@ -267,3 +267,34 @@ func TestTracing(t *testing.T) {
 		t.Errorf("a request without traceparent has parent %v", spans[1].Parent())
 	}
 }
+
+// TestMetricsCountDialects checks that every dialect's route is counted
+// under its own route and dialect labels (the route table carries them).
+func TestMetricsCountDialects(t *testing.T) {
+	reg := metrics.New("v-test")
+	svc := rerank.New(rerank.Single("org/test-model", &fakeScorer{}), rerank.Limits{MaxCandidates: 4, MaxCandidateChars: 10}, "org/test-model")
+	c := testServer(t, Config{Service: svc, Metrics: reg})
+	f := func(path, body string) {
+		t.Helper()
+		if r := do(t, c, "POST", path, body); r.code != 200 {
+			t.Fatalf("POST %s %s: %d %s", path, body, r.code, r.body)
+		}
+	}
+	f("/v1/rerank", `{"query":"q","candidates":["a"]}`)
+	f("/v1/rerank", `{"model":"org/test-model","query":"q","documents":["a"]}`)
+	f("/v2/rerank", `{"model":"org/test-model","query":"q","documents":["a"]}`)
+	f("/rerank", `{"model":"org/test-model","query":"q","documents":["a"]}`)
+	f("/rerank", `{"query":"q","texts":["a"]}`)
+	want := `
+# HELP rerank_requests_total HTTP requests answered, by route, API dialect, model and status code.
+# TYPE rerank_requests_total counter
+rerank_requests_total{code="200",dialect="cohere-v1",model="org/test-model",route="/v1/rerank"} 1
+rerank_requests_total{code="200",dialect="cohere-v2",model="org/test-model",route="/v2/rerank"} 1
+rerank_requests_total{code="200",dialect="jina",model="org/test-model",route="/rerank"} 1
+rerank_requests_total{code="200",dialect="native",model="org/test-model",route="/v1/rerank"} 1
+rerank_requests_total{code="200",dialect="tei",model="org/test-model",route="/rerank"} 1
+`
+	if err := testutil.GatherAndCompare(reg.Gatherer(), strings.NewReader(want), "rerank_requests_total"); err != nil {
+		t.Fatal(err)
+	}
+}
