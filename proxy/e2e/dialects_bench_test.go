@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/loadgen"
 )
@@ -66,4 +69,82 @@ func BenchmarkCachedDialects(b *testing.B) {
 	b.ReportMetric(v2, "v2-req/s")
 	b.ReportMetric(v2/seed, "v2/seed")
 	b.ReportMetric(100*steal, "max-steal-%")
+}
+
+// BenchmarkLongDocumentWindows measures long-document windows on the
+// MiniLM-shaped model at --max-length 128 with the score cache off: 8
+// documents of about 300 words per request, each ending in a planted
+// passage that repeats the query, scored with "windows": false (truncated
+// to their first 128 tokens) and true (overlapping windows), alternated in
+// rounds on one server. It reports each mode's documents/s and the pairs/s
+// the plugin computed, and the planted document's score both ways (the
+// test model's weights are random: the scores show what each mode reads,
+// not relevance).
+func BenchmarkLongDocumentWindows(b *testing.B) {
+	requireRuntime(b)
+	const maxLength, docsPerRequest = 128, 8
+	s := startServer(b, []string{"ENABLE_PREDICTION_CACHE=false"}, "--model", modelDir(b, "minilm"), "--max-length", fmt.Sprint(maxLength))
+	s.waitHealth(b, "ok")
+	query := "which animal eats bamboo in the mountains of sichuan"
+	filler := strings.Repeat("the quarterly report lists revenue costs and the outlook for the coming year in some detail ", 18)
+	docs := make([]string, docsPerRequest)
+	for i := range docs {
+		docs[i] = fmt.Sprintf("report %d: %s the giant panda eats bamboo in the mountains of sichuan", i, filler)
+	}
+	body := func(windows bool) []byte {
+		out, _ := json.Marshal(map[string]any{"query": query, "documents": docs, "windows": windows})
+		return out
+	}
+	pairsNow := func() uint64 {
+		r := s.do(b, "GET", "/health", nil)
+		var h struct {
+			Backend struct {
+				PairsScored uint64 `json:"pairs_scored"`
+			} `json:"backend"`
+		}
+		if err := json.Unmarshal(r.body, &h); err != nil {
+			b.Fatal(err)
+		}
+		return h.Backend.PairsScored
+	}
+	var planted [2]float64
+	var docsDone, pairs [2]uint64
+	var secs [2]float64
+	const rounds = 3
+	b.ResetTimer()
+	for range rounds {
+		for mode, windows := range []bool{false, true} {
+			p0, t0 := pairsNow(), time.Now()
+			for range max(b.N, 1) {
+				r := s.do(b, "POST", "/v2/rerank", body(windows))
+				if r.code != 200 {
+					b.Fatalf("windows %v: %d %s", windows, r.code, r.body)
+				}
+				var v struct {
+					Results []struct {
+						Index int     `json:"index"`
+						Score float64 `json:"relevance_score"`
+					} `json:"results"`
+				}
+				if err := json.Unmarshal(r.body, &v); err != nil {
+					b.Fatal(err)
+				}
+				for _, res := range v.Results {
+					if res.Index == 0 {
+						planted[mode] = res.Score
+					}
+				}
+			}
+			secs[mode] += time.Since(t0).Seconds()
+			pairs[mode] += pairsNow() - p0
+			docsDone[mode] += uint64(max(b.N, 1) * docsPerRequest)
+		}
+	}
+	b.StopTimer()
+	for mode, name := range []string{"off", "on"} {
+		b.ReportMetric(float64(docsDone[mode])/secs[mode], "docs/s-windows-"+name)
+		b.ReportMetric(float64(pairs[mode])/secs[mode], "pairs/s-windows-"+name)
+		b.ReportMetric(float64(pairs[mode])/float64(docsDone[mode]), "pairs/doc-windows-"+name)
+		b.ReportMetric(planted[mode], "planted-score-windows-"+name)
+	}
 }

@@ -58,6 +58,7 @@ type serveConfig struct {
 	cache             cacheFlags
 	obs               obsFlags
 	auth              auth.Config
+	windows           windowFlags
 }
 
 // serveFlags defines the serve flags on fs and returns the config they fill
@@ -120,6 +121,7 @@ func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
 	batchFlagsOn(fs, &c.batch, env)
 	cacheFlagsOn(fs, &c.cache, env)
 	obsFlagsOn(fs, &c.obs, env)
+	windowFlagsOn(fs, &c.windows, env)
 	return c, env
 }
 
@@ -222,6 +224,8 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 		return nil, fmt.Errorf("serve: --max-body-bytes must be at least 1, got %d", c.maxBodyBytes)
 	case c.threads < 0:
 		return nil, fmt.Errorf("serve: --threads must not be negative, got %d", c.threads)
+	case c.windows.maxWindows < 1:
+		return nil, fmt.Errorf("serve: --max-windows must be at least 1, got %d", c.windows.maxWindows)
 	}
 	if _, err := backendKinds(c.backend); err != nil {
 		return nil, err
@@ -308,7 +312,9 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	// pipelineBuilt orders the two.
 	var scoreCache *cache.Stage
 	pipelineBuilt := make(chan struct{})
+	windows := &windowSource{maxWindows: c.windows.maxWindows, logger: logger.Named("window")}
 	onLoad := func(ctx context.Context, info sdk.ModelInfo) {
+		windows.loaded(info)
 		select {
 		case <-pipelineBuilt:
 		case <-ctx.Done():
@@ -339,6 +345,7 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 		Prepare: func(ctx context.Context, load *sdk.LoadConfig) error {
 			dir, err := src.resolve(ctx, logger)
 			load.ModelDir = dir
+			windows.prepared(dir)
 			return err
 		},
 		PrecisionFor: aliasPrecision(c.quantization, logger),
@@ -384,6 +391,7 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	modelMetrics.SetState(modelState(sup, batcher, scoreCache))
 	router := readyRouter{Router: rerank.Single(modelName, next), sup: sup}
 	svc := rerank.New(router, rerank.Limits{MaxCandidates: c.maxCandidates, MaxCandidateChars: c.maxCandidateChars, MaxQueryChars: c.maxQueryChars}, modelName)
+	svc.SetWindows(windows.splitter, c.windows.on)
 	apiCfg := api.Config{
 		Service: svc,
 		Status: func() api.Status {

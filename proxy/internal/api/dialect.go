@@ -240,6 +240,13 @@ func decodeDialectBody(body []byte, dp *dialect) (*dialectRequest, error) {
 		}
 		r.Options.Strict = !b
 	}
+	if raw, ok := fields["windows"]; ok && !isNull(raw) {
+		b, ok := decodeLenientBool(raw)
+		if !ok {
+			return nil, badField("windows", "must be true or false")
+		}
+		r.Windows, r.HasWindows = b, true
+	}
 	if raw, ok := fields["truncation_direction"]; ok && !isNull(raw) {
 		s, ok := decodeString(raw)
 		if !ok {

@@ -16,6 +16,7 @@ const (
 	dseenRawScores
 	dseenUseActivation
 	dseenTruncate
+	dseenWindows
 )
 
 // decodeDialectFast parses the common, plain request of dialect d in one
@@ -105,7 +106,7 @@ func decodeDialectFast(body []byte, d dialect) (*dialectRequest, bool) {
 					return nil, false
 				}
 				r.Options.MaxDocumentTokens = n
-			case k == "return_documents", k == "return_text", k == "raw_scores", k == "use_activation", k == "truncate":
+			case k == "return_documents", k == "return_text", k == "raw_scores", k == "use_activation", k == "truncate", k == "windows":
 				b, ok := p.bool()
 				if !ok {
 					return nil, false
@@ -124,6 +125,9 @@ func decodeDialectFast(body []byte, d dialect) (*dialectRequest, bool) {
 				case "truncate":
 					bit = dseenTruncate
 					r.Options.Strict = !b
+				case "windows":
+					bit = dseenWindows
+					r.Windows, r.HasWindows = b, true
 				}
 			case k == "rank_fields", k == "truncation_direction", k == "candidates",
 				k == "documents", k == "texts":

@@ -28,6 +28,8 @@ var dialectSeeds = []string{
 	`{"query":"q","documents":["a"],"raw_scores":false,"use_activation":false}`,
 	`{"query":"q","documents":["a"],"use_activation":null,"raw_scores":null}`,
 	`{"query":"q","documents":["a"],"top_n":2.0}`,
+	`{"query":"q","documents":["a"],"windows":true}`,
+	`{"query":"q","texts":["a"],"windows":"false"}`,
 	`{"query":"q","documents":["a"],"top_n":2.5}`,
 	`{"query":"q","documents":["a"],"top_n":1e400}`,
 	`{"query":"q","documents":["a"],"top_n":-1e30}`,

@@ -113,7 +113,21 @@ type Request struct {
 	// Options are the scoring options every pair of the request is scored
 	// with; the zero value is the model's defaults.
 	Options sdk.PairOptions
+	// Windows asks for long-document windows (see Splitter) when
+	// HasWindows is set; otherwise the server's default applies.
+	Windows, HasWindows bool
 }
+
+// Splitter splits a document too long for the model into windows, each
+// scored with the query as an ordinary pair; the document's score is its
+// best window's. Split returns nil for a document that fits.
+type Splitter interface {
+	Split(query, doc string) []string
+}
+
+// WindowSource returns the Splitter of the model with the given canonical
+// name, or nil when it has none (yet).
+type WindowSource func(model string) Splitter
 
 // Result is the score of one candidate.
 type Result struct {
@@ -172,6 +186,16 @@ type Service struct {
 	router       Router
 	limits       Limits
 	defaultModel string
+	// windows, when set, splits long documents of the requests that ask
+	// for windows (all, when windowsOn is set, unless they ask not to).
+	windows   WindowSource
+	windowsOn bool
+}
+
+// SetWindows enables long-document windows from src, for every request when
+// byDefault is set and otherwise for those asking; call it before serving.
+func (s *Service) SetWindows(src WindowSource, byDefault bool) {
+	s.windows, s.windowsOn = src, byDefault
 }
 
 // New returns a Service that scores on the models router serves, whose
@@ -262,9 +286,17 @@ func (s *Service) Rerank(ctx context.Context, req *Request) (Response, error) {
 	if len(req.Candidates) == 0 {
 		return Response{Results: []Result{}, Model: model}, nil
 	}
+	var split Splitter
+	if on := s.windowsOn; s.windows != nil && (on && !req.HasWindows || req.HasWindows && req.Windows) {
+		split = s.windows(model)
+	}
 	pairs := make([]sdk.Pair, len(req.Candidates))
+	var owner []int // with windows: the candidate of each pair
 	for i, c := range req.Candidates {
 		pairs[i] = sdk.Pair{Query: req.Query, Document: c, Options: req.Options}
+	}
+	if split != nil {
+		pairs, owner = windowPairs(split, req, pairs)
 	}
 	scores, err := next.Score(ctx, pairs)
 	if err != nil {
@@ -273,18 +305,53 @@ func (s *Service) Rerank(ctx context.Context, req *Request) (Response, error) {
 	if len(scores) != len(pairs) {
 		return Response{}, fmt.Errorf("rerank: got %d scores for %d pairs", len(scores), len(pairs))
 	}
-	results := make([]Result, len(scores))
 	for i, sc := range scores {
 		if math.IsNaN(float64(sc)) || math.IsInf(float64(sc), 0) {
-			return Response{}, fmt.Errorf("rerank: the backend returned the non-finite score %v for candidate %d", sc, i)
+			return Response{}, fmt.Errorf("rerank: the backend returned the non-finite score %v for pair %d", sc, i)
 		}
-		results[i] = Result{Index: i, Score: sc}
+	}
+	results := make([]Result, len(req.Candidates))
+	if owner == nil {
+		for i, sc := range scores {
+			results[i] = Result{Index: i, Score: sc}
+		}
+	} else {
+		for i := range results {
+			results[i] = Result{Index: i, Score: float32(math.Inf(-1))}
+		}
+		for p, sc := range scores {
+			r := &results[owner[p]]
+			r.Score = max(r.Score, sc)
+		}
 	}
 	sortResults(results)
 	if req.TopK > 0 && req.TopK < len(results) {
 		results = results[:req.TopK]
 	}
 	return Response{Results: results, Model: model}, nil
+}
+
+// windowPairs replaces each candidate's pair by one pair per window where
+// split cuts the candidate, and returns the pairs and the candidate each
+// belongs to. Windows are ordinary pairs: cached and batched as any other.
+func windowPairs(split Splitter, req *Request, pairs []sdk.Pair) ([]sdk.Pair, []int) {
+	out := make([]sdk.Pair, 0, len(pairs))
+	owner := make([]int, 0, len(pairs))
+	for i, p := range pairs {
+		ws := split.Split(req.Query, p.Document)
+		if ws == nil {
+			out = append(out, p)
+			owner = append(owner, i)
+			continue
+		}
+		for _, w := range ws {
+			q := p
+			q.Document = w
+			out = append(out, q)
+			owner = append(owner, i)
+		}
+	}
+	return out, owner
 }
 
 // insertionSortMax is the longest result list sorted by insertion: for the
