@@ -455,22 +455,7 @@ func TestOverload(t *testing.T) {
 	}, "--model", modelDir(t, "tiny-bert"), "--timeout", "2")
 	s.waitHealth(t, "ok")
 	first := rerankBody(t, map[string]any{"query": "q", "candidates": []string{"a", "b", "c"}})
-	done := make(chan reply, 1)
-	go func() {
-		r, err := s.send("POST", "/v1/rerank", []byte(first))
-		if err != nil {
-			r = reply{code: -1, body: []byte(err.Error())}
-		}
-		done <- r
-	}()
-	// Wait until the first request is admitted and pending.
-	for pendingRequests(t, s) == 0 {
-		select {
-		case r := <-done:
-			t.Fatalf("the first request finished before it was seen pending: %d %s", r.code, r.body)
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	done := postPending(t, s, first)
 	r := s.post(t, `{"query":"q","candidates":["x","y"]}`)
 	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") == "" || !strings.HasPrefix(string(r.body), `{"detail":"`) {
 		t.Fatalf("second request while the queue is full: %d %s Retry-After=%q, want 429 with Retry-After", r.code, r.body, r.header.Get("Retry-After"))
@@ -480,6 +465,28 @@ func TestOverload(t *testing.T) {
 	if r := <-done; r.code != http.StatusGatewayTimeout && r.code != http.StatusOK {
 		t.Fatalf("first request: %d %s, want 504 (or 200)", r.code, r.body)
 	}
+}
+
+// postPending sends body to /v1/rerank in the background and returns once
+// the batcher holds it pending; the answer comes on the channel.
+func postPending(t *testing.T, s *server, body string) <-chan reply {
+	t.Helper()
+	done := make(chan reply, 1)
+	go func() {
+		r, err := s.send("POST", "/v1/rerank", []byte(body))
+		if err != nil {
+			r = reply{code: -1, body: []byte(err.Error())}
+		}
+		done <- r
+	}()
+	for pendingRequests(t, s) == 0 {
+		select {
+		case r := <-done:
+			t.Fatalf("the request finished before it was seen pending: %d %s", r.code, r.body)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return done
 }
 
 func pendingRequests(t *testing.T, s *server) int {

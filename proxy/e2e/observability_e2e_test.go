@@ -158,21 +158,7 @@ func TestMetricsScriptedSequence(t *testing.T) {
 			_ = syscall.Kill(pid, syscall.SIGCONT)
 		}
 	}()
-	done := make(chan reply, 1)
-	go func() {
-		r, err := s.send("POST", "/v1/rerank", []byte(`{"query":"q","candidates":["e","f","g"]}`))
-		if err != nil {
-			r = reply{code: -1, body: []byte(err.Error())}
-		}
-		done <- r
-	}()
-	for pendingRequests(t, s) == 0 {
-		select {
-		case r := <-done:
-			t.Fatalf("the request finished while the plugin was stopped: %d %s", r.code, r.body)
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	done := postPending(t, s, `{"query":"q","candidates":["e","f","g"]}`)
 	post(429, `{"query":"q","candidates":["h"]}`)
 	fams, _ := scrape(t, s)
 	if v := value(t, fams, "rerank_queue_pairs", map[string]string{"model": "tiny"}); v != 3 {
