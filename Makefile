@@ -7,7 +7,7 @@ GO ?= go
 ORT_LIB ?= $(CURDIR)/lib/onnxruntime
 export RERANK_ORT_LIB_DIR ?= $(ORT_LIB)
 
-.PHONY: all build run test bench fmt lint ort clean
+.PHONY: all build run test bench fmt lint ort clean gpu-prepare gpu-check
 
 all: build
 
@@ -40,3 +40,11 @@ lint:
 
 clean:
 	rm -rf bin
+
+# GPU check (issue 14, docs/GPU.md): gpu-prepare here, then gpu-check on the
+# GPU machine with the prepared files carried there.
+gpu-prepare:
+	./gpu/prepare.sh
+
+gpu-check:
+	./gpu/check.sh run

@@ -73,3 +73,60 @@ func BenchmarkPaddingFree(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkXLMRLargeCPU measures the bge-reranker-v2-m3 shape (bgeM3Shape:
+// XLM-R 24 × 1024, vocabulary 250,002, generated weights) on the CPU at
+// fp32 and int8, 128 and 512 tokens per pair (every pair truncated to
+// exactly that), ONNX Runtime's default threads. The two precisions
+// alternate in each of two rounds, one warm-up call and one timed call of
+// a few pairs per cell: the model costs seconds per pair here.
+func BenchmarkXLMRLargeCPU(b *testing.B) {
+	requireRuntime(b)
+	dir := b.TempDir()
+	if err := crossencoder.WriteModelDir(dir, bgeM3Shape, crossencoder.RandomWeights(bgeM3Shape, benchSeed), tokXLMR, crossencoder.DirOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	cache := b.TempDir()
+	doc := strings.Repeat("the river bank near the old city holds music history and science ", 120)
+	for _, seq := range []int{128, 512} {
+		n := 4
+		if seq == 512 {
+			n = 2
+		}
+		pairs := make([]sdk.Pair, n)
+		for i := range pairs {
+			pairs[i] = sdk.Pair{Query: fmt.Sprintf("what does the river bank hold %d", i), Document: doc}
+		}
+		engines := map[sdk.Precision]*Engine{}
+		for _, p := range []sdk.Precision{sdk.FP32, sdk.INT8} {
+			e := New(CPU, "onnx-cpu", WithLogger(hclog.NewNullLogger()))
+			if _, err := e.Load(context.Background(), sdk.LoadConfig{ModelDir: dir, Precision: p, MaxLength: seq, CacheDir: cache}); err != nil {
+				b.Fatal(err)
+			}
+			var u sdk.Usage
+			if _, err := e.Score(sdk.WithUsage(context.Background(), &u), pairs); err != nil { // warm up
+				b.Fatal(err)
+			}
+			if u.Tokens != int64(n*seq) {
+				b.Fatalf("%d pairs encode to %d tokens, want %d each", n, u.Tokens, seq)
+			}
+			engines[p] = e
+		}
+		for round := 0; round < 2; round++ {
+			for _, p := range []sdk.Precision{sdk.FP32, sdk.INT8} {
+				b.Run(fmt.Sprintf("%s/seq=%d/round=%d", p, seq, round), func(b *testing.B) {
+					start := time.Now()
+					for i := 0; i < b.N; i++ {
+						if _, err := engines[p].Score(context.Background(), pairs); err != nil {
+							b.Fatal(err)
+						}
+					}
+					b.ReportMetric(float64(n*b.N)/time.Since(start).Seconds(), "pairs/s")
+				})
+			}
+		}
+		for _, e := range engines {
+			e.model.session.Destroy()
+		}
+	}
+}

@@ -44,16 +44,26 @@ func LibDir(t *testing.T) string {
 	return ""
 }
 
-// Launch builds the plugin main in the current directory as name, starts it
-// as the proxy does (go-plugin handshake, gRPC) with the library in lib, and
-// returns the proxy-side Backend; the process ends with the test.
+// PrebuiltEnv names a directory of prebuilt plugin binaries Launch uses
+// instead of building: a GPU machine without a Go toolchain runs the
+// conformance tests from binaries built elsewhere (make gpu-check).
+const PrebuiltEnv = "RERANK_PLUGIN_BIN_DIR"
+
+// Launch builds the plugin main in the current directory as name (or takes
+// it from PrebuiltEnv's directory), starts it as the proxy does (go-plugin
+// handshake, gRPC) with the library in lib, and returns the proxy-side
+// Backend; the process ends with the test.
 func Launch(t *testing.T, name, lib string) sdk.Backend {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), name)
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=1") // onnxruntime_go needs cgo
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	if dir := os.Getenv(PrebuiltEnv); dir != "" {
+		bin = filepath.Join(dir, name)
+	} else {
+		build := exec.Command("go", "build", "-o", bin, ".")
+		build.Env = append(os.Environ(), "CGO_ENABLED=1") // onnxruntime_go needs cgo
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("go build: %v\n%s", err, out)
+		}
 	}
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), "RERANK_ORT_LIB_DIR="+lib)
