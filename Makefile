@@ -7,7 +7,7 @@ GO ?= go
 ORT_LIB ?= $(CURDIR)/lib/onnxruntime
 export RERANK_ORT_LIB_DIR ?= $(ORT_LIB)
 
-.PHONY: all build run test bench fmt lint ort clean gpu-prepare gpu-check
+.PHONY: all build run test bench chaos fmt lint ort clean gpu-prepare gpu-check
 
 all: build
 
@@ -27,6 +27,11 @@ run: ort build
 test: ort build
 	$(GO) vet ./...
 	$(GO) test -race -timeout 30m ./...
+
+# The long fault-injection runs (docs/RELIABILITY.md); make test runs short
+# versions of the same tests.
+chaos: ort build
+	RERANK_CHAOS=1 $(GO) test -count=1 -v -timeout 60m -run 'TestChaos' ./proxy/e2e/
 
 bench: ort build
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 3s ./...

@@ -73,8 +73,10 @@ type Config struct {
 	PrecisionFor func(kind string, configured sdk.Precision) sdk.Precision
 	// Logger receives the supervisor's and the plugin's logs.
 	Logger hclog.Logger
-	// RestartDelay is the first wait before restarting a crashed plugin; it
-	// doubles on each failed restart up to MaxRestartDelay. 0 means 1s.
+	// RestartDelay is the first wait before restarting a plugin that
+	// crashed within RestartDelay of its start (one that ran longer is
+	// restarted at once); it doubles on each failed restart up to
+	// MaxRestartDelay. 0 means 1s.
 	RestartDelay time.Duration
 	// MaxRestartDelay caps RestartDelay; 0 means 30s.
 	MaxRestartDelay time.Duration
@@ -339,9 +341,16 @@ func (s *Supervisor) run() {
 	}
 	delay := s.cfg.RestartDelay
 	for {
+		upSince := time.Now()
 		exitMsg := s.watch()
 		if exitMsg == "" {
 			return
+		}
+		// A plugin that ran at least RestartDelay before it died is
+		// restarted at once: requests are waiting for it. One that dies
+		// sooner (a crash loop) waits, doubling the wait each time.
+		if time.Since(upSince) >= s.cfg.RestartDelay {
+			delay = 0
 		}
 		for {
 			s.setStatus(func(st *Status) {
@@ -355,7 +364,7 @@ func (s *Supervisor) run() {
 				return
 			case <-time.After(delay):
 			}
-			delay = min(2*delay, s.cfg.MaxRestartDelay)
+			delay = min(max(2*delay, s.cfg.RestartDelay), s.cfg.MaxRestartDelay)
 			if err := s.start(kind); err != nil {
 				if s.ctx.Err() != nil {
 					return
