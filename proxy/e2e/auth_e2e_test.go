@@ -72,6 +72,7 @@ func TestAuthServes(t *testing.T) {
 		{"POST", "/rerank", `{"query":"q","texts":["a"]}`},
 		{"POST", "/rerank", `{"query":"q","documents":["a"]}`},
 		{"GET", "/info", ``},
+		{"GET", "/v1/models", ``},
 	}
 	send := func(s *server, method, path, body, authorization string) reply {
 		t.Helper()

@@ -88,13 +88,18 @@ func BenchmarkCachedDialects(b *testing.B) {
 func BenchmarkLongDocumentWindows(b *testing.B) {
 	requireRuntime(b)
 	const maxLength, docsPerRequest = 128, 8
-	s := startServer(b, []string{"ENABLE_PREDICTION_CACHE=false"}, "--model", modelDir(b, "minilm"), "--max-length", fmt.Sprint(maxLength))
+	// A generous --timeout: the batcher's deadline-aware admission would
+	// otherwise refuse (429) a request of 40 window pairs on a loaded
+	// machine, and the benchmark measures scoring, not admission.
+	s := startServer(b, []string{"ENABLE_PREDICTION_CACHE=false"}, "--model", modelDir(b, "minilm"), "--max-length", fmt.Sprint(maxLength), "--timeout", "300")
 	s.waitHealth(b, "ok")
 	query := "which animal eats bamboo in the mountains of sichuan"
-	filler := strings.Repeat("the quarterly report lists revenue costs and the outlook for the coming year in some detail ", 18)
+	// Every sentence names its document, so that no two documents share
+	// a window (identical pairs would be scored once).
 	docs := make([]string, docsPerRequest)
 	for i := range docs {
-		docs[i] = fmt.Sprintf("report %d: %s the giant panda eats bamboo in the mountains of sichuan", i, filler)
+		sentence := fmt.Sprintf("the quarterly report %d lists revenue costs and the outlook for the coming year in some detail ", i)
+		docs[i] = strings.Repeat(sentence, 17) + "the giant panda eats bamboo in the mountains of sichuan"
 	}
 	body := func(windows bool) []byte {
 		out, _ := json.Marshal(map[string]any{"query": query, "documents": docs, "windows": windows})

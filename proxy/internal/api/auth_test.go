@@ -54,6 +54,7 @@ func TestAuth(t *testing.T) {
 		{"POST", "/rerank", `{"query":"q","documents":["a"]}`, `{"detail":`},
 		{"POST", "/rerank", `{"query":"q","texts":["a"]}`, `{"error":`},
 		{"GET", "/info", ``, `{"error":`},
+		{"GET", "/v1/models", ``, `{"detail":`},
 	}
 	for _, r := range routes {
 		f := func(authorization string, wantChallenge string) {
