@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -414,34 +413,14 @@ func restarts(t *testing.T, s *server) int {
 	return c.Restarts
 }
 
-// pluginPID finds the server's plugin child process on Linux: the children
-// of every thread of the server.
+// pluginPID finds the server's one plugin child process on Linux.
 func pluginPID(t *testing.T, parent int) int {
 	t.Helper()
-	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", parent))
-	if err != nil || len(files) == 0 {
-		t.Skipf("cannot list child processes here (no /proc): %v", err)
+	pids := pluginPIDs(t, parent)
+	if len(pids) == 0 {
+		t.Fatalf("no rerank-onnx-cpu child of %d", parent)
 	}
-	var all []string
-	for _, name := range files {
-		b, err := os.ReadFile(name)
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			all = append(all, f)
-			pid, err := strconv.Atoi(f)
-			if err != nil {
-				continue
-			}
-			exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-			if err == nil && strings.HasSuffix(exe, "rerank-onnx-cpu") {
-				return pid
-			}
-		}
-	}
-	t.Fatalf("no rerank-onnx-cpu child of %d (children %q)", parent, all)
-	return 0
+	return pids[0]
 }
 
 // TestOverload bounds the queue to one pair: while a request waits in the

@@ -22,6 +22,7 @@ import (
 	"github.com/rerank-sidecar/rerank/proxy/internal/batch"
 	"github.com/rerank-sidecar/rerank/proxy/internal/cache"
 	"github.com/rerank-sidecar/rerank/proxy/internal/hub"
+	"github.com/rerank-sidecar/rerank/proxy/internal/models"
 	"github.com/rerank-sidecar/rerank/proxy/internal/rerank"
 	"github.com/rerank-sidecar/rerank/sdk"
 )
@@ -54,11 +55,17 @@ type serveConfig struct {
 	disableArena      optionalBool // unset: the plugin's default for its device
 	disableMemPattern optionalBool // unset: the plugin's default for its device
 	backendOptions    backendOptions
+	modelsFile        string
+	keepAlive         keepAliveValue
+	maxLoaded         int
 	batch             batchFlags
 	cache             cacheFlags
 	obs               obsFlags
 	auth              auth.Config
 	windows           windowFlags
+	// entries are the served models: the models file's, or the one the
+	// single-model flags describe; the first is the default.
+	entries []modelEntry
 }
 
 // serveFlags defines the serve flags on fs and returns the config they fill
@@ -81,7 +88,7 @@ func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
 	str(&c.revision, "revision", "RERANK_MODEL_REVISION", "main",
 		"The hub revision (branch, tag or commit) of a repo id. Default main.")
 	str(&c.backend, "backend", "RERANK_BACKEND", backend.CPU,
-		"The backend plugin: cpu, cuda, coreml, or auto (coreml on darwin/arm64, else cuda where its plugin loads, falling back to cpu and logging why). Default cpu.")
+		"The backend plugin: cpu, cuda, coreml (the ONNX Runtime plugins rerank-onnx-*), auto (coreml on darwin/arm64, else cuda where its plugin loads, falling back to cpu and logging why), or the KIND of any plugin binary rerank-KIND in the plugin directory. Default cpu.")
 	str(&c.precision, "precision", "RERANK_PRECISION", string(sdk.FP32),
 		"The precision the model runs at: fp32, fp16, bf16 or int8; the plugin refuses a precision it cannot run and says which it supports. Default fp32. The older QUANTIZATION=none|bf16|int8 is accepted as an alias when RERANK_PRECISION is unset (none: the backend's default).")
 	str(&c.host, "host", "HOST", "0.0.0.0",
@@ -105,7 +112,15 @@ func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
 	num(&c.threads, "threads", "RERANK_THREADS", 0,
 		"The number of threads one inference may use inside the plugin. Default 0 lets the plugin choose (the number of CPU cores).")
 	str(&c.pluginDir, "plugin-dir", "RERANK_PLUGIN_DIR", "",
-		"The directory holding the plugin binaries rerank-onnx-cpu, rerank-onnx-cuda and rerank-onnx-coreml. Default: the directory of this executable.")
+		"The directory holding the plugin binaries rerank-KIND (rerank-onnx-cpu, rerank-onnx-cuda, rerank-onnx-coreml, and any other backend's). Default: the directory of this executable.")
+	str(&c.modelsFile, "models-file", "RERANK_MODELS_FILE", "",
+		"A YAML file listing several models to serve (models: [{name, model, aliases, backend, precision, max_length, threads, keep_alive, revision}]); requests pick one by name or alias in \"model\", and the first is the default. Fields an entry leaves out take the flags of the same name. Default empty: serve the one model of --model.")
+	c.keepAlive = keepAliveValue(models.Never)
+	fs.Var(&c.keepAlive, "keep-alive",
+		"How long a model stays loaded with no request before its plugin process is stopped and its memory returned; the next request loads it again and waits for it. A duration (5m), seconds (300), 0 (unload as soon as idle) or never. A models file entry's keep_alive overrides it. Default never: a server keeps its model loaded, as the server it replaces did, so that no request pays a reload; beside an LLM (the macOS sidecar) use Ollama's 5m. Environment: RERANK_KEEP_ALIVE.")
+	env["keep-alive"] = "RERANK_KEEP_ALIVE"
+	num(&c.maxLoaded, "max-loaded-models", "RERANK_MAX_LOADED_MODELS", 0,
+		"The most models loaded at once; loading one more first unloads the least recently used idle one. Default 0: no bound.")
 	str(&c.cacheDir, "cache-dir", "RERANK_CACHE_DIR", hub.DefaultCacheDir(),
 		"The model cache directory: downloaded models and the generated test model live here. Default $XDG_CACHE_HOME/rerank or ~/.cache/rerank.")
 	str(&c.logLevel, "log-level", "RERANK_LOG_LEVEL", "info",
@@ -165,7 +180,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	c, env := serveFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: rerank serve [flags]\n\n"+
-			"Serves POST /v1/rerank (seed, Jina and Cohere v1 shapes), POST /v2/rerank (Cohere v2), POST /rerank (Jina, TEI), GET /info, GET /health and GET / over HTTP, scoring on a backend plugin.\n"+
+			"Serves POST /v1/rerank (seed, Jina and Cohere v1 shapes), POST /v2/rerank (Cohere v2), POST /rerank (Jina, TEI), GET /v1/models, GET /info, GET /health and GET / over HTTP, scoring on backend plugins, one per model.\n"+
 			"Each flag may also be set by its environment variable; a flag given on the command line wins.\n\nflags:\n")
 		// Each help sentence states its default, so flag's own
 		// "(default …)" suffix is left out.
@@ -226,9 +241,23 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 		return nil, fmt.Errorf("serve: --threads must not be negative, got %d", c.threads)
 	case c.windows.maxWindows < 1:
 		return nil, fmt.Errorf("serve: --max-windows must be at least 1, got %d", c.windows.maxWindows)
+	case c.maxLoaded < 0:
+		return nil, fmt.Errorf("serve: --max-loaded-models must not be negative, got %d", c.maxLoaded)
 	}
-	if _, err := backendKinds(c.backend); err != nil {
-		return nil, err
+	if err := backend.CheckKind(c.pluginDir, c.backend); err != nil {
+		return nil, fmt.Errorf("serve: --backend: %w", err)
+	}
+	if c.modelsFile != "" {
+		if c.model != "" || c.modelName != "" {
+			return nil, fmt.Errorf("serve: --models-file and --model/--model-name both given: list the model in the file instead")
+		}
+		entries, err := readModelsFile(c.modelsFile, c)
+		if err != nil {
+			return nil, err
+		}
+		c.entries = entries
+	} else {
+		c.entries = []modelEntry{singleEntry(c)}
 	}
 	if err := c.batch.validate(); err != nil {
 		return nil, err
@@ -237,15 +266,6 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 		return nil, err
 	}
 	return c, nil
-}
-
-func backendKinds(kind string) (string, error) {
-	for _, k := range backend.Kinds {
-		if k == kind {
-			return k, nil
-		}
-	}
-	return "", fmt.Errorf("serve: --backend %q: use one of %s", kind, strings.Join(backend.Kinds, ", "))
 }
 
 // runServe runs the HTTP server until SIGINT or SIGTERM.
@@ -273,15 +293,9 @@ func runServe(args []string) int {
 	return 0
 }
 
-// serve builds the pipeline, binds the port at once, loads the model in the
-// background and answers requests until ctx ends.
+// serve starts the models' loads in the background, binds the port at once
+// and answers requests until ctx ends.
 func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
-	src := modelSource{spec: c.model, revision: c.revision, cacheDir: c.cacheDir}
-	modelName := c.modelName
-	if modelName == "" {
-		modelName = src.name()
-	}
-	warning := src.warning()
 	if c.pprofAddr != "" {
 		servePprof(c.pprofAddr, logger)
 	}
@@ -292,130 +306,119 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 		return err
 	}
 	logger.Info(authNote)
-	logger.Info("starting", "version", version, "model", modelName, "source", src.describe(), "backend", c.backend, "precision", c.precision)
-	if warning != "" {
-		logger.Warn("serving a " + warning)
-	}
-	reg := c.obs.registry()
+	mreg := c.obs.registry()
 	stopTracing, err := startTracing(ctx, logger)
 	if err != nil {
 		return err
 	}
 	defer stopTracing()
-	modelMetrics := reg.Model(modelName)
-
-	// The score cache keys on the identity of the model the plugin loaded,
-	// so the supervisor hands it every load (the first, and each after a
-	// restart) before it reports ready: no request reaches the model
-	// uncached, or cached under another model's identity. The stage is
-	// built after the supervisor, which the pipeline needs;
-	// pipelineBuilt orders the two.
-	var scoreCache *cache.Stage
-	pipelineBuilt := make(chan struct{})
-	windows := &windowSource{maxWindows: c.windows.maxWindows, logger: logger.Named("window")}
-	onLoad := func(ctx context.Context, info sdk.ModelInfo) {
-		windows.loaded(info)
-		select {
-		case <-pipelineBuilt:
-		case <-ctx.Done():
-			return
-		}
-		if c.cache.enabled() {
-			startCache(scoreCache, info, logger)
-		}
-	}
-
-	// The backend client: the plugin process, its model loaded in the
-	// background after the model dir is resolved.
-	sup, err := backend.Start(backend.Config{
-		OnLoad:    onLoad,
-		Kind:      c.backend,
-		PluginDir: c.pluginDir,
-		Load: sdk.LoadConfig{
-			ModelName:      modelName,
-			Precision:      sdk.Precision(c.precision),
-			MaxLength:      c.maxLength,
-			IntraOpThreads: c.threads,
-			CacheDir:       c.cacheDir,
-			// Unset unless a flag says otherwise (memoryFlagsOn).
-			DisableArena:      c.disableArena.ptr(),
-			DisableMemPattern: c.disableMemPattern.ptr(),
-			Options:           c.backendOptions,
-		},
-		Prepare: func(ctx context.Context, load *sdk.LoadConfig) error {
-			dir, err := src.resolve(ctx, logger)
-			load.ModelDir = dir
-			windows.prepared(dir)
-			return err
-		},
-		PrecisionFor: aliasPrecision(c.quantization, logger),
-		Logger:       logger,
-		Metrics:      modelMetrics,
-	})
-	if err != nil {
-		return err
-	}
-	defer sup.Close()
-
-	// The pipeline, from the plugin outwards. Every stage implements
-	// Score(ctx, []sdk.Pair) ([]float32, error) over the next one, and
-	// registers its Stats() as a /health section.
-	sections := map[string]func() any{
-		"backend":    func() any { return sup.Stats() },
-		"model_info": func() any { return modelInfoSection(sup.Status().Model, c.quantization) },
-	}
-	var next rerank.Scorer = sup
-
-	// ---- BATCH STAGE (issue 6, proxy/internal/batch) ----
-	bcfg := batchConfig(&c.batch, c.backend, c.maxLength)
-	// A crashed plugin costs latency, not answers: pairs wait for the
-	// restarted plugin, and a batch lost in the crash is sent again.
-	bcfg.Up = sup.Up
-	bcfg.Metrics = modelMetrics
-	batcher := batch.New(next, bcfg)
-	next = batcher
-	sections["micro_batcher"] = func() any { return batcher.Stats() }
-	// ---- END BATCH STAGE ----
-
-	// ---- CACHE STAGE (issue 5, proxy/internal/cache) ----
-	scoreCache = cache.NewStage(c.cache.config(logger.Named("cache")), next)
-	defer scoreCache.Close()
+	var cacheCfg *cache.Config
 	if c.cache.enabled() {
-		next = scoreCache
+		cc := c.cache.config(logger.Named("cache"))
+		cacheCfg = &cc
 	}
-	close(pipelineBuilt)
-	sections["local_cache"] = func() any { return scoreCache.Stats().Local }
-	sections["distributed_cache"] = func() any { return scoreCache.Stats().Distributed }
-	// ---- END CACHE STAGE ----
+	var warning string
+	windows := &windowSource{maxWindows: c.windows.maxWindows, logger: logger.Named("window")}
+	specs := make([]models.Spec, len(c.entries))
+	for i, e := range c.entries {
+		src := modelSource{spec: e.model, revision: e.revision, cacheDir: c.cacheDir}
+		logger.Info("model", "name", e.name, "aliases", e.aliases, "source", src.describe(), "backend", e.backend,
+			"precision", e.precision, "keep_alive", (*keepAliveValue)(&e.keepAlive).String(), "default", i == 0)
+		if w := src.warning(); w != "" {
+			logger.Warn("model "+e.name+" is a "+w, "model", e.name)
+			if i == 0 {
+				warning = w
+			}
+		}
+		mm, name := mreg.Model(e.name), e.name
+		specs[i] = models.Spec{
+			Name:    e.name,
+			Aliases: e.aliases,
+			Backend: backend.Config{
+				Kind:      e.backend,
+				PluginDir: c.pluginDir,
+				Load: sdk.LoadConfig{
+					Precision:      sdk.Precision(e.precision),
+					MaxLength:      e.maxLength,
+					IntraOpThreads: e.threads,
+					CacheDir:       c.cacheDir,
+					// Unset unless a flag says otherwise (memoryFlagsOn).
+					DisableArena:      c.disableArena.ptr(),
+					DisableMemPattern: c.disableMemPattern.ptr(),
+					Options:           c.backendOptions,
+				},
+				PrecisionFor: aliasPrecision(c.quantization, logger),
+				Logger:       logger,
+				Metrics:      mm,
+			},
+			Prepare: func(ctx context.Context, load *sdk.LoadConfig) error {
+				dir, err := src.resolve(ctx, logger)
+				load.ModelDir = dir
+				windows.prepared(name, dir)
+				return err
+			},
+			KeepAlive: e.keepAlive,
+			Batch: func(info sdk.ModelInfo) batch.Config {
+				cfg := batchConfig(&c.batch, info)
+				cfg.Metrics = mm
+				return cfg
+			},
+			Cache: cacheCfg,
+		}
+	}
+	logger.Info("starting", "version", version, "models", len(specs), "default", specs[0].Name, "max_loaded_models", c.maxLoaded)
 
-	modelMetrics.SetState(modelState(sup, batcher, scoreCache))
-	router := readyRouter{Router: rerank.Single(modelName, next), sup: sup}
-	svc := rerank.New(router, rerank.Limits{MaxCandidates: c.maxCandidates, MaxCandidateChars: c.maxCandidateChars, MaxQueryChars: c.maxQueryChars}, modelName)
+	// The registry: each model's plugin process, and its pipeline (score
+	// cache, micro-batcher), built once the plugin has loaded the model
+	// from what it reports.
+	registry, err := models.New(models.Config{Models: specs, MaxLoaded: c.maxLoaded, Logger: logger})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	for _, m := range registry.Models() {
+		mreg.Model(m.Name()).SetState(modelState(m))
+	}
+	registry.Start()
+	defer registry.Close()
+	def := registry.Default()
+	windows.info = registry.Info
+
+	// /health's sections describe the default model, as the seed's did
+	// its one model; "models" lists them all.
+	sections := map[string]func() any{
+		"backend":           func() any { return def.Stats() },
+		"model_info":        func() any { return modelInfoSection(def.Status().Model, c.quantization) },
+		"micro_batcher":     func() any { return def.BatchStats() },
+		"local_cache":       func() any { return def.CacheStats().Local },
+		"distributed_cache": func() any { return def.CacheStats().Distributed },
+	}
+	svc := rerank.New(registry, rerank.Limits{MaxCandidates: c.maxCandidates, MaxCandidateChars: c.maxCandidateChars, MaxQueryChars: c.maxQueryChars}, def.Name())
 	svc.SetWindows(windows.splitter, c.windows.on)
 	apiCfg := api.Config{
 		Service: svc,
 		Status: func() api.Status {
-			st := sup.Status()
-			return api.Status{Ready: st.State == sdk.StateReady, Failed: st.State == sdk.StateFailed, Message: st.Message, Device: st.Device}
+			st := def.Status()
+			return api.Status{Ready: st.Ready, Failed: st.State == models.Failed, Message: st.Message, Device: st.Device}
 		},
+		Models:         registry.Statuses,
 		Version:        version,
 		Timeout:        c.timeout,
 		MaxBodyBytes:   c.maxBodyBytes,
 		HealthSections: sections,
 		Warning:        warning,
 		Logger:         logger.Named("api"),
-		Metrics:        reg,
+		Metrics:        mreg,
 		ServeMetrics:   c.obs.metricsAddr == "",
 		AccessLog:      c.obs.accessLogger(logger),
-		Info:           apiInfo(c, sup),
+		Info:           apiInfo(c, def),
 		Tracing:        tracerProvider(),
 	}
 	if keys != nil {
 		apiCfg.Auth = keys
 	}
 	srv := api.New(apiCfg)
-	if reg != nil && c.obs.metricsAddr != "" {
-		if err := serveMetrics(ctx, c.obs.metricsAddr, reg, logger); err != nil {
+	if mreg != nil && c.obs.metricsAddr != "" {
+		if err := serveMetrics(ctx, c.obs.metricsAddr, mreg, logger); err != nil {
 			return fmt.Errorf("serve: --metrics-addr: %w", err)
 		}
 	}
@@ -424,17 +427,9 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	logger.Info("listening; the model loads in the background and /health answers 503 until it is ready", "addr", ln.Addr().String())
+	logger.Info("listening; the default model loads in the background and /health answers 503 until it is ready", "addr", ln.Addr().String())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	go func() {
-		select {
-		case <-sup.Ready():
-			st := sup.Status()
-			logger.Info("ready", "model", modelName, "device", st.Device, "addr", ln.Addr().String())
-		case <-ctx.Done():
-		}
-	}()
 
 	select {
 	case err := <-served:
@@ -451,32 +446,6 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 	}
 	<-served
 	return nil
-}
-
-// readyRouter routes to the one served model, refusing until its plugin
-// has loaded it the first time and after its load failed for good: such
-// requests are answered 503 at once, as the seed server did. While a
-// crashed plugin restarts, requests go on: the batcher queues them for the
-// plugin that comes back.
-type readyRouter struct {
-	rerank.Router
-	sup *backend.Supervisor
-}
-
-func (r readyRouter) Route(ctx context.Context, name string) (rerank.Scorer, string, error) {
-	next, model, err := r.Router.Route(ctx, name)
-	if err != nil {
-		return next, model, err
-	}
-	select {
-	case <-r.sup.Ready():
-	default:
-		return nil, model, fmt.Errorf("serve: %s: %w", model, sdk.ErrNotLoaded)
-	}
-	if r.sup.Status().State == sdk.StateFailed {
-		return nil, model, fmt.Errorf("serve: %s: %w", model, sdk.ErrNotLoaded)
-	}
-	return next, model, nil
 }
 
 // modelInfo is /health's "model_info": what the plugin actually loaded. The

@@ -6,7 +6,10 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/rerank-sidecar/rerank/proxy/internal/backend"
 	"github.com/rerank-sidecar/rerank/proxy/internal/batch"
+	"github.com/rerank-sidecar/rerank/proxy/internal/models"
+	"github.com/rerank-sidecar/rerank/sdk"
 )
 
 // batchFlags are the serve flags of the micro-batching stage.
@@ -29,14 +32,14 @@ func batchFlagsOn(fs *flag.FlagSet, b *batchFlags, env map[string]string) {
 	fs.Var(&b.enabled, "micro-batch",
 		"Coalesce the cache-missing pairs of concurrent requests into shared batches (true or false). Default: on for every backend, chosen from measurements (docs/BENCHMARKS.md (batch section)). Environment: MICRO_BATCH_ENABLED.")
 	env["micro-batch"] = "MICRO_BATCH_ENABLED"
-	num(&b.maxSize, "micro-batch-max-size", "MICRO_BATCH_MAX_SIZE", batch.DefaultMaxBatchSize,
-		"The largest number of (query, candidate) pairs in one batch sent to the plugin; bigger requests are split across batches, never rejected for it. Default 32.")
+	num(&b.maxSize, "micro-batch-max-size", "MICRO_BATCH_MAX_SIZE", 0,
+		"The largest number of (query, candidate) pairs in one batch sent to the plugin; bigger requests are split across batches, never rejected for it. It may lower the largest batch the plugin reports, never raise it. Default 0: the plugin's (32 pairs at a max length of 512 for the ONNX Runtime plugins).")
 	num(&b.windowMS, "micro-batch-window-ms", "MICRO_BATCH_WINDOW_MS", int(batch.DefaultWindow/time.Millisecond),
 		"How long, in milliseconds, the oldest waiting pair waits for others before a partial batch is sent; 0 sends at once whenever the plugin has a free slot. Default 10.")
 	num(&b.maxTokens, "micro-batch-max-tokens", "MICRO_BATCH_MAX_TOKENS", 0,
-		"The padded token budget of one batch (pairs times the longest pair's tokens, estimated before tokenization at 4 characters per token and capped by --max-length). Default 0: per backend, 8192 on cpu and coreml, 32 × max-length on cuda.")
+		"The padded token budget of one batch (pairs times the longest pair's tokens, estimated before tokenization at 4 characters per token and capped by the model's max length). Default 0: per device the plugin reports, 8192 on cpu and coreml, the batch size × max length on cuda.")
 	num(&b.inFlight, "micro-batch-in-flight", "MICRO_BATCH_IN_FLIGHT", 0,
-		"The number of batches the plugin may run at once; the next batch forms while they run. Default 0: per backend, 1 on cpu and coreml (one run already uses every core), 2 on cuda.")
+		"The number of batches the plugin may run at once; the next batch forms while they run. Default 0: per device the plugin reports, 1 on cpu and coreml (one run already uses every core), 2 on cuda.")
 	num(&b.maxQueue, "max-queue", "RERANKER_MAX_QUEUE", batch.DefaultMaxQueue,
 		"The most (query, candidate) pairs admitted and not yet answered; a request that would pass it is answered 429 with Retry-After. A single request bigger than the bound is still admitted when nothing else waits. Default 1000.")
 }
@@ -44,8 +47,8 @@ func batchFlagsOn(fs *flag.FlagSet, b *batchFlags, env map[string]string) {
 // validate checks the micro-batching flags.
 func (b *batchFlags) validate() error {
 	switch {
-	case b.maxSize < 1:
-		return fmt.Errorf("serve: --micro-batch-max-size must be at least 1, got %d", b.maxSize)
+	case b.maxSize < 0:
+		return fmt.Errorf("serve: --micro-batch-max-size must not be negative, got %d", b.maxSize)
 	case b.windowMS < 0:
 		return fmt.Errorf("serve: --micro-batch-window-ms must not be negative, got %d", b.windowMS)
 	case b.maxTokens < 0:
@@ -58,19 +61,21 @@ func (b *batchFlags) validate() error {
 	return nil
 }
 
-// batchConfig turns the flags into the batcher's configuration over the
-// per-backend defaults. Under --backend auto the cpu defaults apply, the
-// backend that auto falls back to last.
-func batchConfig(b *batchFlags, backendKind string, maxLength int) batch.Config {
-	cfg := batch.ForDevice(backendKind)
-	cfg.MaxLength = maxLength
-	if backendKind == "cuda" {
-		cfg.MaxBatchTokens = b.maxSize * maxLength
+// batchConfig is the batcher's configuration for a model whose plugin
+// reported info (its device, max length and largest batch): the measured
+// per-device defaults, which the flags may lower (batch size) or tune
+// (window, token budget, batches in flight, queue bound).
+func batchConfig(b *batchFlags, info sdk.ModelInfo) batch.Config {
+	cfg := models.PluginBatchConfig(info)
+	if b.maxSize > 0 && b.maxSize < cfg.MaxBatchSize {
+		cfg.MaxBatchSize = b.maxSize
+		if info.Device == backend.CUDA {
+			cfg.MaxBatchTokens = cfg.MaxBatchSize * cfg.MaxLength
+		}
 	}
 	if b.enabled.set {
 		cfg.Enabled = b.enabled.value
 	}
-	cfg.MaxBatchSize = b.maxSize
 	cfg.Window = time.Duration(b.windowMS) * time.Millisecond
 	if b.maxTokens > 0 {
 		cfg.MaxBatchTokens = b.maxTokens

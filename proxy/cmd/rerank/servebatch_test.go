@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rerank-sidecar/rerank/sdk"
 )
 
 func TestBatchFlags(t *testing.T) {
@@ -14,7 +16,9 @@ func TestBatchFlags(t *testing.T) {
 		if err != nil {
 			t.Fatalf("parseServe(%q, %v): %v", args, env, err)
 		}
-		cfg := batchConfig(&c.batch, backend, c.maxLength)
+		// What the ONNX Runtime plugins report: 16,384 tokens per batch.
+		info := sdk.ModelInfo{Device: backend, MaxLength: c.maxLength, MaxBatchSize: 16384 / c.maxLength}
+		cfg := batchConfig(&c.batch, info)
 		if !check(cfg.Enabled, cfg.MaxBatchSize, cfg.MaxBatchTokens, cfg.MaxInFlight, cfg.MaxQueue, cfg.Window) {
 			t.Fatalf("parseServe(%q, %v) on %s: %+v", args, env, backend, cfg)
 		}
@@ -26,8 +30,16 @@ func TestBatchFlags(t *testing.T) {
 	f(nil, nil, "cuda", func(on bool, size, tokens, inFlight, queue int, w time.Duration) bool {
 		return on && size == 32 && tokens == 32*512 && inFlight == 2
 	})
-	f([]string{"--max-length", "256", "--micro-batch-max-size", "64"}, nil, "cuda", func(on bool, size, tokens, _, _ int, _ time.Duration) bool {
+	// The plugin's batch size follows its max length: 64 pairs of 256.
+	f([]string{"--max-length", "256"}, nil, "cuda", func(on bool, size, tokens, _, _ int, _ time.Duration) bool {
 		return size == 64 && tokens == 64*256
+	})
+	// The flag lowers the plugin's batch size, never raises it.
+	f([]string{"--max-length", "256", "--micro-batch-max-size", "16"}, nil, "cuda", func(on bool, size, tokens, _, _ int, _ time.Duration) bool {
+		return size == 16 && tokens == 16*256
+	})
+	f([]string{"--micro-batch-max-size", "64"}, nil, "cpu", func(on bool, size, tokens, _, _ int, _ time.Duration) bool {
+		return size == 32 && tokens == 8192
 	})
 	f(nil, nil, "coreml", func(on bool, _, tokens, inFlight, _ int, _ time.Duration) bool {
 		return on && tokens == 8192 && inFlight == 1
@@ -54,7 +66,7 @@ func TestBatchFlagErrors(t *testing.T) {
 		}
 	}
 	f(nil, map[string]string{"MICRO_BATCH_ENABLED": "maybe"}, "MICRO_BATCH_ENABLED")
-	f([]string{"--micro-batch-max-size", "0"}, nil, "--micro-batch-max-size")
+	f([]string{"--micro-batch-max-size", "-1"}, nil, "--micro-batch-max-size")
 	f([]string{"--micro-batch-window-ms", "-1"}, nil, "--micro-batch-window-ms")
 	f([]string{"--micro-batch-max-tokens", "-1"}, nil, "--micro-batch-max-tokens")
 	f([]string{"--micro-batch-in-flight", "-2"}, nil, "--micro-batch-in-flight")

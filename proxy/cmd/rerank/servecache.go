@@ -8,7 +8,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/cache"
-	"github.com/rerank-sidecar/rerank/sdk"
 )
 
 // cacheFlags are the serve flags of the score cache stage.
@@ -84,13 +83,3 @@ func (c *cacheFlags) validate() error {
 
 // enabled reports whether the cache stage belongs in the pipeline.
 func (c *cacheFlags) enabled() bool { return c.local || c.redis }
-
-// startCache keys the cache on the model the plugin loaded; when the
-// cache cannot start it passes pairs through uncached.
-func startCache(stage *cache.Stage, m sdk.ModelInfo, logger hclog.Logger) {
-	if err := stage.Start(cache.IdentityOf(m)); err != nil {
-		logger.Error("score cache off", "error", err)
-		return
-	}
-	logger.Info("score cache on", "model", m.Name, "revision", m.Revision, "precision", m.Precision)
-}

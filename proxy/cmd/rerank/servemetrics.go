@@ -15,10 +15,8 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/rerank-sidecar/rerank/proxy/internal/backend"
-	"github.com/rerank-sidecar/rerank/proxy/internal/batch"
-	"github.com/rerank-sidecar/rerank/proxy/internal/cache"
 	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
+	"github.com/rerank-sidecar/rerank/proxy/internal/models"
 	"github.com/rerank-sidecar/rerank/sdk/telemetry"
 )
 
@@ -113,14 +111,14 @@ func serveMetrics(ctx context.Context, addr string, reg *metrics.Registry, logge
 	return nil
 }
 
-// modelState reads a model pipeline's state for /metrics from the same
-// counters /health shows.
-func modelState(sup *backend.Supervisor, batcher *batch.Batcher, scoreCache *cache.Stage) func() metrics.ModelState {
+// modelState reads a model's state for /metrics from the same status and
+// counters /health and /v1/models show.
+func modelState(m *models.Model) func() metrics.ModelState {
 	return func() metrics.ModelState {
-		st := sup.Status()
+		st := m.Status()
 		ms := metrics.ModelState{
 			Backend:      st.Kind,
-			Loaded:       st.Model != nil,
+			Loaded:       st.State == models.Loaded,
 			LoadDuration: st.LoadDuration,
 			Restarts:     uint64(st.Restarts),
 			PluginPID:    st.PID,
@@ -128,14 +126,10 @@ func modelState(sup *backend.Supervisor, batcher *batch.Batcher, scoreCache *cac
 		if st.Model != nil {
 			ms.Precision, ms.Device = string(st.Model.Precision), st.Model.Device
 		}
-		if batcher != nil {
-			bs := batcher.Stats()
-			ms.QueuePairs, ms.QueueRequests, ms.InFlightBatches = bs.PendingPairs, bs.PendingRequests, bs.InFlightBatches
-		}
-		if scoreCache != nil {
-			if d := scoreCache.Stats().Distributed; d.Enabled {
-				ms.Redis = &metrics.RedisState{Errors: d.Errors, Skipped: d.Skipped, BreakerOpen: d.BreakerOpen}
-			}
+		bs := m.BatchStats()
+		ms.QueuePairs, ms.QueueRequests, ms.InFlightBatches = bs.PendingPairs, bs.PendingRequests, bs.InFlightBatches
+		if d := m.CacheStats().Distributed; d.Enabled {
+			ms.Redis = &metrics.RedisState{Errors: d.Errors, Skipped: d.Skipped, BreakerOpen: d.BreakerOpen}
 		}
 		return ms
 	}

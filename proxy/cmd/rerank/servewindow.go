@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -30,14 +29,24 @@ func windowFlagsOn(fs *flag.FlagSet, w *windowFlags, env map[string]string) {
 	env["max-windows"] = "RERANK_MAX_WINDOWS"
 }
 
-// windowSource builds the loaded model's window.Splitter from its
-// tokenizer.json on first use (a request that asks for windows), so that a
-// server whose clients never do keeps no second tokenizer in memory.
+// windowSource builds a model's window.Splitter from its tokenizer.json on
+// first use (a request that asks for windows), so that a server whose
+// clients never do keeps no second tokenizer in memory; one per model and
+// load identity (dir, max length, revision).
 type windowSource struct {
 	maxWindows int
 	logger     hclog.Logger
-	dir        atomic.Pointer[string]
-	current    atomic.Pointer[lazySplitter]
+	// info returns what the plugin of the model called name loaded, nil
+	// while it is not loaded.
+	info func(name string) *sdk.ModelInfo
+	dirs sync.Map // model name → resolved model dir
+	made sync.Map // windowKey → *lazySplitter
+}
+
+// windowKey identifies the splitter of one model load.
+type windowKey struct {
+	dir, revision string
+	maxLength     int
 }
 
 // lazySplitter is the splitter of one model load.
@@ -48,26 +57,25 @@ type lazySplitter struct {
 	s          *window.Splitter
 }
 
-// prepared records the resolved model dir, before the plugin loads it.
-func (w *windowSource) prepared(dir string) { w.dir.Store(&dir) }
+// prepared records a model's resolved dir, before the plugin loads it.
+func (w *windowSource) prepared(model, dir string) { w.dirs.Store(model, dir) }
 
-// loaded starts a new splitter for the model the plugin loaded, at the
-// max length it applies.
-func (w *windowSource) loaded(info sdk.ModelInfo) {
-	dir := w.dir.Load()
-	if dir == nil {
-		return
-	}
-	w.current.Store(&lazySplitter{dir: *dir, model: info.Name, maxLength: info.MaxLength})
-}
-
-// splitter is the rerank.WindowSource: nil until a model is loaded, or when
-// its tokenizer cannot be read (logged once; documents are then truncated).
-func (w *windowSource) splitter(string) rerank.Splitter {
-	l := w.current.Load()
-	if l == nil {
+// splitter is the rerank.WindowSource: nil while the model is not loaded,
+// or when its tokenizer cannot be read (logged once; documents are then
+// truncated).
+func (w *windowSource) splitter(model string) rerank.Splitter {
+	if w.info == nil {
 		return nil
 	}
+	info := w.info(model)
+	d, ok := w.dirs.Load(model)
+	if info == nil || !ok {
+		return nil
+	}
+	dir := d.(string)
+	v, _ := w.made.LoadOrStore(windowKey{dir: dir, revision: info.Revision, maxLength: info.MaxLength},
+		&lazySplitter{dir: dir, model: model, maxLength: info.MaxLength})
+	l := v.(*lazySplitter)
 	l.once.Do(func() {
 		b, err := os.ReadFile(filepath.Join(l.dir, "tokenizer.json"))
 		if err == nil {

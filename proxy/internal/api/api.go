@@ -1,6 +1,7 @@
 // Package api is the HTTP face of the server, wire-compatible with the
 // FastAPI server it replaces: POST /v1/rerank, GET /health and GET /, with
-// FastAPI's JSON error shapes. It is the one place where errors become HTTP
+// FastAPI's JSON error shapes; and GET /v1/models, OpenAI's model list with
+// each model's state. It is the one place where errors become HTTP
 // status codes.
 package api
 
@@ -23,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
+	"github.com/rerank-sidecar/rerank/proxy/internal/models"
 	"github.com/rerank-sidecar/rerank/proxy/internal/rerank"
 	"github.com/rerank-sidecar/rerank/sdk"
 )
@@ -44,9 +46,12 @@ type Status struct {
 type Config struct {
 	// Service validates and scores requests.
 	Service *rerank.Service
-	// Status reports the model's state; it is called on every request and
-	// must be cheap and safe for concurrent use.
+	// Status reports the default model's state for /health and /; it must
+	// be cheap and safe for concurrent use.
 	Status func() Status
+	// Models reports every model's state, the default first, for
+	// /v1/models and /health's "models"; nil lists none.
+	Models func() []models.Status
 	// Version is reported by GET /.
 	Version string
 	// Timeout is the budget of one rerank request, queue wait and inference
@@ -148,6 +153,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.Status == nil {
 		cfg.Status = func() Status { return Status{Ready: true} }
+	}
+	if cfg.Models == nil {
+		cfg.Models = func() []models.Status { return nil }
 	}
 	s := &Server{cfg: cfg, routes: map[string]*route{}}
 	for _, rt := range s.routeTable() {
@@ -401,8 +409,65 @@ func (s *Server) health(ctx *fasthttp.RequestCtx, _ *exchange) {
 		b = append(b, ':')
 		b = appendJSON(b, s.cfg.HealthSections[name]())
 	}
+	if ms := s.cfg.Models(); len(ms) > 0 {
+		b = append(b, `,"models":`...)
+		b = appendJSON(b, modelEntries(ms))
+	}
 	b = append(b, '}')
 	writeJSON(ctx, code, b)
+}
+
+// modelEntry is one model in GET /v1/models (OpenAI's model object, with
+// the model's state) and in /health's "models".
+type modelEntry struct {
+	ID      string   `json:"id"`
+	Object  string   `json:"object"`
+	Created int64    `json:"created"`
+	OwnedBy string   `json:"owned_by"`
+	Aliases []string `json:"aliases"`
+	Default bool     `json:"default"`
+	// State is loaded, loading, unloaded or failed.
+	State               string `json:"state"`
+	Message             string `json:"message,omitempty"`
+	Backend             string `json:"backend"`
+	Precision           string `json:"precision"`
+	Device              string `json:"device"`
+	MaxLength           int    `json:"max_length"`
+	ResidentMemoryBytes int64  `json:"resident_memory_bytes"`
+	// KeepAlive is a Go duration, or "never".
+	KeepAlive string `json:"keep_alive"`
+	Loads     int    `json:"loads"`
+	Restarts  int    `json:"restarts"`
+}
+
+// ownedBy is every model's owned_by: OpenAI's field names the organisation
+// serving the model, here this server.
+const ownedBy = "rerank-server"
+
+func modelEntries(ms []models.Status) []modelEntry {
+	out := make([]modelEntry, len(ms))
+	for i, m := range ms {
+		keep := "never"
+		if m.KeepAlive >= 0 {
+			keep = m.KeepAlive.String()
+		}
+		aliases := m.Aliases
+		if aliases == nil {
+			aliases = []string{}
+		}
+		out[i] = modelEntry{
+			ID: m.Name, Object: "model", Created: m.Created.Unix(), OwnedBy: ownedBy, Aliases: aliases, Default: m.Default,
+			State: string(m.State), Message: m.Message, Backend: m.Backend, Precision: string(m.Precision), Device: m.Device,
+			MaxLength: m.MaxLength, ResidentMemoryBytes: m.ResidentBytes, KeepAlive: keep, Loads: m.Loads, Restarts: m.Restarts,
+		}
+	}
+	return out
+}
+
+// models answers GET /v1/models: {"object": "list", "data": [model, …]}.
+func (s *Server) models(ctx *fasthttp.RequestCtx, _ *exchange) {
+	b := append([]byte(`{"object":"list","data":`), appendJSON(nil, modelEntries(s.cfg.Models()))...)
+	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
 }
 
 // root answers GET /.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/valyala/fasthttp/fasthttputil"
 
+	"github.com/rerank-sidecar/rerank/proxy/internal/models"
 	"github.com/rerank-sidecar/rerank/proxy/internal/rerank"
 	"github.com/rerank-sidecar/rerank/sdk"
 )
@@ -336,6 +337,39 @@ func TestHealth(t *testing.T) {
 	f(200, `{"status":"ok","device":"cpu","model":"org/test-model",`+warn+`,"backend":{"pairs_scored":7},`+httpStats+`,"local_cache":{"hits":3}}`)
 	st.Store(&Status{Failed: true, Device: "cuda", Message: "onnx-cuda: libcudart.so.13 not found"})
 	f(503, `{"status":"failed","device":"cuda","model":"org/test-model","message":"onnx-cuda: libcudart.so.13 not found",`+warn+`,"backend":{"pairs_scored":7},`+httpStats+`,"local_cache":{"hits":3}}`)
+}
+
+func TestModels(t *testing.T) {
+	created := time.Unix(1700000000, 0)
+	list := []models.Status{
+		{Name: "org/a", Aliases: []string{"a"}, Default: true, State: models.Loaded, Ready: true, Backend: "onnx-cpu",
+			Precision: "int8", Device: "cpu", MaxLength: 512, ResidentBytes: 123456, KeepAlive: 5 * time.Minute, Created: created, Loads: 2},
+		{Name: "b", State: models.Failed, Message: "no such model", Backend: "onnx-cuda", Precision: "fp16", Device: "cuda",
+			MaxLength: 256, KeepAlive: models.Never, Created: created},
+	}
+	c := testServer(t, Config{Models: func() []models.Status { return list }})
+	r := do(t, c, "GET", "/v1/models", "")
+	want := `{"object":"list","data":[` +
+		`{"id":"org/a","object":"model","created":1700000000,"owned_by":"rerank-server","aliases":["a"],"default":true,"state":"loaded",` +
+		`"backend":"onnx-cpu","precision":"int8","device":"cpu","max_length":512,"resident_memory_bytes":123456,"keep_alive":"5m0s","loads":2,"restarts":0},` +
+		`{"id":"b","object":"model","created":1700000000,"owned_by":"rerank-server","aliases":[],"default":false,"state":"failed","message":"no such model",` +
+		`"backend":"onnx-cuda","precision":"fp16","device":"cuda","max_length":256,"resident_memory_bytes":0,"keep_alive":"never","loads":0,"restarts":0}]}`
+	if r.code != 200 || r.body != want || r.header.Get("Content-Type") != "application/json" {
+		t.Fatalf("GET /v1/models:\n got %d %s\nwant 200 %s", r.code, r.body, want)
+	}
+	// /health lists them too, after the default model's fields.
+	r = do(t, c, "GET", "/health", "")
+	if r.code != 200 || !strings.HasSuffix(r.body, `,"models":`+strings.TrimSuffix(strings.TrimPrefix(want, `{"object":"list","data":`), "}")+`}`) {
+		t.Fatalf("GET /health: %d %s", r.code, r.body)
+	}
+	if r := do(t, c, "POST", "/v1/models", ""); r.code != 405 || r.header.Get("Allow") != "GET, HEAD" {
+		t.Fatalf("POST /v1/models: %d", r.code)
+	}
+	// No models configured: an empty list.
+	c = testServer(t, Config{})
+	if r := do(t, c, "GET", "/v1/models", ""); r.code != 200 || r.body != `{"object":"list","data":[]}` {
+		t.Fatalf("GET /v1/models with none: %d %s", r.code, r.body)
+	}
 }
 
 func TestAppendPythonFloat(t *testing.T) {

@@ -219,12 +219,3 @@ func TestInfo(t *testing.T) {
 	}
 }
 
-func TestModels(t *testing.T) {
-	svc := rerank.New(rerank.Single("org/test-model", &optionScorer{}), rerank.Limits{MaxCandidates: 4, MaxCandidateChars: 20}, "org/test-model")
-	c := testServer(t, Config{Service: svc})
-	r := do(t, c, "GET", "/v1/models", "")
-	want := `{"object":"list","data":[{"id":"org/test-model","object":"model","created":0,"owned_by":"rerank"}]}`
-	if r.code != 200 || r.body != want {
-		t.Errorf("GET /v1/models:\n got %d %s\nwant 200 %s", r.code, r.body, want)
-	}
-}

@@ -73,7 +73,7 @@ func (s *Server) routeTable() []*route {
 			s.dialectRerank(ctx, x, jina)
 		}},
 		{path: "/info", handle: func(s *Server, ctx *fasthttp.RequestCtx, _ *exchange) { s.info(ctx) }},
-		{path: "/v1/models", handle: func(s *Server, ctx *fasthttp.RequestCtx, _ *exchange) { s.models(ctx) }},
+		{path: "/v1/models", handle: (*Server).models},
 		{path: "/health", handle: (*Server).health},
 		{path: "/", handle: (*Server).root},
 	}

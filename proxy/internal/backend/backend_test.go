@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -80,9 +81,9 @@ func (f *fakeBackend) Health(context.Context) (sdk.Health, error) {
 	return sdk.Health{State: sdk.StateLoading}, nil
 }
 
-// pluginDir writes plugin binaries rerank-onnx-<kind> that run this test
+// writePlugins writes plugin binaries rerank-onnx-<kind> that run this test
 // binary in the given modes.
-func pluginDir(t *testing.T, modes map[string]string) string {
+func writePlugins(t *testing.T, modes map[string]string) string {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -91,55 +92,38 @@ func pluginDir(t *testing.T, modes map[string]string) string {
 	dir := t.TempDir()
 	for kind, mode := range modes {
 		script := fmt.Sprintf("#!/bin/sh\n%s=%s BACKEND_TEST_DEVICE=%s exec %q \"$@\"\n", pluginModeEnv, mode, kind, exe)
-		if err := os.WriteFile(filepath.Join(dir, BinaryPrefix+kind), []byte(script), 0o755); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, Binary(kind)), []byte(script), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return dir
 }
 
-func start(t *testing.T, kind, platform string, modes map[string]string) *Supervisor {
+func launchIn(t *testing.T, dir, kind, platform string) (*Plugin, error) {
 	t.Helper()
-	s, err := Start(Config{
-		Kind:         kind,
-		PluginDir:    pluginDir(t, modes),
-		Load:         sdk.LoadConfig{ModelDir: "/models/m", ModelName: "m", MaxLength: 128},
-		Logger:       hclog.New(&hclog.LoggerOptions{Output: os.Stderr, Level: hclog.Warn}),
-		RestartDelay: time.Millisecond,
-		Platform:     platform,
+	p, err := Launch(context.Background(), Config{
+		Kind:      kind,
+		PluginDir: dir,
+		Load:      sdk.LoadConfig{ModelDir: "/models/m", ModelName: "m", MaxLength: 128},
+		Logger:    hclog.New(&hclog.LoggerOptions{Output: os.Stderr, Level: hclog.Warn}),
+		Platform:  platform,
 	})
-	if err != nil {
-		t.Fatal(err)
+	if p != nil {
+		t.Cleanup(func() { p.Close() })
 	}
-	t.Cleanup(func() { s.Close() })
-	return s
+	return p, err
 }
-
-// waitFor polls Status until cond holds; the limit only stops a broken test
-// from hanging, it asserts nothing about speed.
-func waitFor(t *testing.T, s *Supervisor, what string, cond func(Status) bool) Status {
-	t.Helper()
-	limit := time.Now().Add(time.Minute)
-	for time.Now().Before(limit) {
-		if st := s.Status(); cond(st) {
-			return st
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("never %s; status %+v", what, s.Status())
-	return Status{}
-}
-
-func ready(st Status) bool  { return st.State == sdk.StateReady }
-func failed(st Status) bool { return st.State == sdk.StateFailed }
 
 func TestKindSelection(t *testing.T) {
 	f := func(kind, platform string, modes map[string]string, wantKind string) {
 		t.Helper()
-		s := start(t, kind, platform, modes)
-		st := waitFor(t, s, "ready", ready)
-		if st.Kind != wantKind || st.Device != wantKind || st.Model == nil || st.Model.Name != "m" || st.Model.MaxLength != 128 {
-			t.Fatalf("%s on %s with %v: status %+v, want kind %s", kind, platform, modes, st, wantKind)
+		p, err := launchIn(t, writePlugins(t, modes), kind, platform)
+		if err != nil {
+			t.Fatalf("%s on %s with %v: %v", kind, platform, modes, err)
+		}
+		info := p.Info()
+		if p.Kind() != wantKind || info.Device != wantKind || info.Name != "m" || info.MaxLength != 128 || p.PID() <= 0 {
+			t.Fatalf("%s on %s with %v: kind %s pid %d info %+v, want kind %s", kind, platform, modes, p.Kind(), p.PID(), info, wantKind)
 		}
 	}
 	all := map[string]string{CPU: "ok", CUDA: "ok", CoreML: "ok"}
@@ -152,24 +136,45 @@ func TestKindSelection(t *testing.T) {
 	f(Auto, "linux/amd64", map[string]string{CPU: "ok", CUDA: "unavailable"}, CPU)
 	f(Auto, "linux/amd64", map[string]string{CPU: "ok"}, CPU)
 	f(Auto, "darwin/arm64", map[string]string{CPU: "ok", CoreML: "unavailable"}, CPU)
+	// Any rerank-<kind> binary is a kind.
+	f("tpu-sim", "linux/amd64", map[string]string{"tpu-sim": "ok"}, "tpu-sim")
 }
 
-func TestUnknownKind(t *testing.T) {
-	if _, err := Start(Config{Kind: "tpu", PluginDir: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "tpu") {
-		t.Fatalf("Start(tpu) error = %v", err)
+func TestKinds(t *testing.T) {
+	dir := writePlugins(t, map[string]string{CPU: "ok", CUDA: "ok", "tpu-sim": "ok"})
+	// Neither a file that is not executable nor a directory is a plugin.
+	if err := os.WriteFile(filepath.Join(dir, "rerank-notes.txt"), nil, 0o644); err != nil {
+		t.Fatal(err)
 	}
+	if err := os.Mkdir(filepath.Join(dir, "rerank-dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	kinds, err := Kinds(dir)
+	if err != nil || !slices.Equal(kinds, []string{Auto, CPU, CUDA, "tpu-sim"}) {
+		t.Fatalf("Kinds = %v, %v", kinds, err)
+	}
+	f := func(kind, wantErr string) {
+		t.Helper()
+		err := CheckKind(dir, kind)
+		if (err == nil) != (wantErr == "") || (err != nil && !strings.Contains(err.Error(), wantErr)) {
+			t.Fatalf("CheckKind(%q) = %v, want %q", kind, err, wantErr)
+		}
+	}
+	f(CPU, "")
+	f(CoreML, "") // shipped with the server, even when this build lacks it
+	f(Auto, "")
+	f("tpu-sim", "")
+	f("tpu", `unknown backend "tpu": no plugin rerank-tpu in the plugin directory; use one of auto, cpu, cuda, tpu-sim`)
+	f("notes.txt", "unknown backend")
+	f("", "no backend kind")
 }
 
-func TestFailedLoadStaysFailed(t *testing.T) {
+func TestFailedLoad(t *testing.T) {
 	f := func(kind string, modes map[string]string, wantMsg string) {
 		t.Helper()
-		s := start(t, kind, "linux/amd64", modes)
-		st := waitFor(t, s, "failed", failed)
-		if !strings.Contains(st.Message, wantMsg) {
-			t.Fatalf("failed status %+v, want message containing %q", st, wantMsg)
-		}
-		if _, err := s.Score(context.Background(), []sdk.Pair{{Query: "q", Document: "d"}}); !errors.Is(err, sdk.ErrNotLoaded) {
-			t.Fatalf("Score after a failed load: %v, want ErrNotLoaded", err)
+		p, err := launchIn(t, writePlugins(t, modes), kind, "linux/amd64")
+		if err == nil || p != nil || !strings.Contains(err.Error(), wantMsg) {
+			t.Fatalf("%s with %v: %v, want an error containing %q", kind, modes, err, wantMsg)
 		}
 	}
 	f(CUDA, map[string]string{CUDA: "unavailable"}, "libcudart.so.13 not found")
@@ -178,124 +183,72 @@ func TestFailedLoadStaysFailed(t *testing.T) {
 	f(Auto, map[string]string{CUDA: "unavailable", CPU: "broken"}, "not a model")
 }
 
-func TestLoadingThenReady(t *testing.T) {
-	gate := filepath.Join(t.TempDir(), "gate")
-	t.Setenv("BACKEND_TEST_GATE", gate)
-	s := start(t, CPU, "", map[string]string{CPU: "gate"})
-	st := s.Status()
-	if st.State != sdk.StateLoading || st.Device != CPU {
-		t.Fatalf("status before load %+v, want loading on cpu", st)
-	}
-	if _, err := s.Score(context.Background(), []sdk.Pair{{Document: "x"}}); !errors.Is(err, sdk.ErrNotLoaded) {
-		t.Fatalf("Score while loading: %v, want ErrNotLoaded", err)
-	}
-	select {
-	case <-s.Ready():
-		t.Fatal("ready before the load finished")
-	default:
-	}
-	if err := os.WriteFile(gate, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	<-s.Ready()
-	if st := s.Status(); st.State != sdk.StateReady {
-		t.Fatalf("status after Ready %+v", st)
+func TestLaunchEndsWithItsContext(t *testing.T) {
+	t.Setenv("BACKEND_TEST_GATE", filepath.Join(t.TempDir(), "never"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := Launch(ctx, Config{Kind: CPU, PluginDir: writePlugins(t, map[string]string{CPU: "gate"}), Load: sdk.LoadConfig{ModelName: "m"}})
+		done <- err
+	}()
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("a load whose context ended succeeded")
 	}
 }
 
-func TestScoreCountsAndCrashRestart(t *testing.T) {
-	s := start(t, CPU, "", map[string]string{CPU: "ok"})
-	<-s.Ready()
-	scores, err := s.Score(context.Background(), []sdk.Pair{{Document: "a"}, {Document: "abc"}})
-	if err != nil || len(scores) != 2 || scores[0] != 1 || scores[1] != 3 {
-		t.Fatalf("Score = %v, %v", scores, err)
-	}
-	if _, err := s.Score(context.Background(), []sdk.Pair{{Document: "ab"}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Score(context.Background(), nil); err != nil {
-		t.Fatal(err)
-	}
-	if got := s.Stats(); got.PairsScored != 3 || got.Batches != 2 || got.Kind != CPU {
-		t.Fatalf("Stats = %+v, want 3 pairs in 2 batches", got)
-	}
-
-	// The plugin dies mid-request: the request fails, and the supervisor
-	// restarts the plugin and loads the model again.
-	if _, err := s.Score(context.Background(), []sdk.Pair{{Document: "crash"}}); err == nil {
-		t.Fatal("Score on a crashing plugin succeeded")
-	}
-	waitFor(t, s, "restarted", func(st Status) bool { return st.State == sdk.StateReady && st.Restarts >= 1 })
-	scores, err = s.Score(context.Background(), []sdk.Pair{{Document: "abcd"}})
-	if err != nil || scores[0] != 4 {
-		t.Fatalf("Score after restart = %v, %v", scores, err)
-	}
-	if got := s.Stats(); got.PairsScored != 4 || got.Batches != 3 || got.Restarts < 1 {
-		t.Fatalf("Stats after restart = %+v", got)
-	}
-}
-
-// TestOnLoadBeforeReady: OnLoad sees every load, the first and the one
-// after a crash, and the supervisor is ready only once it has returned.
-func TestOnLoadBeforeReady(t *testing.T) {
-	loads := make(chan sdk.ModelInfo)
-	release := make(chan struct{})
-	s, err := Start(Config{
-		Kind:         CPU,
-		PluginDir:    pluginDir(t, map[string]string{CPU: "ok"}),
-		Load:         sdk.LoadConfig{ModelDir: "/models/m", ModelName: "m"},
-		RestartDelay: time.Millisecond,
-		OnLoad: func(ctx context.Context, info sdk.ModelInfo) {
-			select {
-			case loads <- info:
-			case <-ctx.Done():
-				return
-			}
-			select {
-			case <-release:
-			case <-ctx.Done():
-			}
-		},
-	})
+func TestScoreCountsAndCrash(t *testing.T) {
+	p, err := launchIn(t, writePlugins(t, map[string]string{CPU: "ok"}), CPU, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	for load := range 2 {
-		info := <-loads
-		if info.Name != "m" || info.Revision != "r1" {
-			t.Fatalf("load %d: OnLoad got %+v", load, info)
-		}
-		if st := s.Status(); st.State == sdk.StateReady {
-			t.Fatalf("load %d: ready while OnLoad runs: %+v", load, st)
-		}
-		if _, err := s.Score(context.Background(), []sdk.Pair{{Document: "a"}}); !errors.Is(err, sdk.ErrNotLoaded) {
-			t.Fatalf("load %d: Score while OnLoad runs = %v, want ErrNotLoaded", load, err)
-		}
-		release <- struct{}{}
-		waitFor(t, s, "ready", ready)
-		if load == 0 {
-			if _, err := s.Score(context.Background(), []sdk.Pair{{Document: "crash"}}); err == nil {
-				t.Fatal("Score on a crashing plugin succeeded")
-			}
-		}
+	scores, err := p.Score(context.Background(), []sdk.Pair{{Document: "a"}, {Document: "abc"}})
+	if err != nil || len(scores) != 2 || scores[0] != 1 || scores[1] != 3 {
+		t.Fatalf("Score = %v, %v", scores, err)
+	}
+	if _, err := p.Score(context.Background(), []sdk.Pair{{Document: "ab"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Score(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Stats(); got.PairsScored != 3 || got.Batches != 2 || got.Kind != CPU {
+		t.Fatalf("Stats = %+v, want 3 pairs in 2 batches", got)
+	}
+	if rss, err := ResidentBytes(p.PID()); err != nil || rss <= 0 {
+		t.Fatalf("ResidentBytes(plugin) = %d, %v", rss, err)
+	}
+
+	// The plugin dies mid-request: the request fails, Exited closes, and
+	// later requests fail as unavailable.
+	if _, err := p.Score(context.Background(), []sdk.Pair{{Document: "crash"}}); err == nil {
+		t.Fatal("Score on a crashing plugin succeeded")
+	}
+	<-p.Exited()
+	if _, err := p.Score(context.Background(), []sdk.Pair{{Document: "a"}}); !errors.Is(err, sdk.ErrUnavailable) {
+		t.Fatalf("Score after the crash: %v, want ErrUnavailable", err)
 	}
 }
 
 func TestCloseKillsPlugin(t *testing.T) {
-	s := start(t, CPU, "", map[string]string{CPU: "ok"})
-	<-s.Ready()
-	s.mu.RLock()
-	client := s.client
-	s.mu.RUnlock()
-	if err := s.Close(); err != nil {
+	p, err := launchIn(t, writePlugins(t, map[string]string{CPU: "ok"}), CPU, "")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if !client.Exited() {
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !p.client.Exited() {
 		t.Fatal("plugin still running after Close")
 	}
-	if _, err := s.Score(context.Background(), []sdk.Pair{{Document: "a"}}); !errors.Is(err, sdk.ErrNotLoaded) {
+	if _, err := ResidentBytes(p.PID()); err == nil {
+		t.Fatalf("process %d still has resident memory after Close", p.PID())
+	}
+	if _, err := p.Score(context.Background(), []sdk.Pair{{Document: "a"}}); !errors.Is(err, sdk.ErrUnavailable) {
 		t.Fatalf("Score after Close: %v", err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
 	}
 }
 
@@ -310,34 +263,4 @@ func TestRawLines(t *testing.T) {
 	if got, want := out.String(), "panic: boom\ngoroutine 1 [running]:\n"; got != want {
 		t.Fatalf("raw lines %q, want %q", got, want)
 	}
-}
-
-func TestPrepare(t *testing.T) {
-	f := func(prepareErr error, want sdk.State) {
-		t.Helper()
-		var sawDir string
-		s, err := Start(Config{
-			Kind:      CPU,
-			PluginDir: pluginDir(t, map[string]string{CPU: "ok"}),
-			Load:      sdk.LoadConfig{ModelName: "m"},
-			Prepare: func(_ context.Context, load *sdk.LoadConfig) error {
-				load.ModelDir = "/resolved"
-				sawDir = load.ModelDir
-				return prepareErr
-			},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		st := waitFor(t, s, want.String(), func(st Status) bool { return st.State == want })
-		if sawDir != "/resolved" {
-			t.Fatal("Prepare did not run")
-		}
-		if prepareErr != nil && !strings.Contains(st.Message, prepareErr.Error()) {
-			t.Fatalf("failed status %+v does not say %v", st, prepareErr)
-		}
-	}
-	f(nil, sdk.StateReady)
-	f(errors.New("hub: model not available offline"), sdk.StateFailed)
 }

@@ -12,8 +12,9 @@
 // each part length-prefixed, so scores never cross models or precisions; the
 // in-process keys are 128-bit seeded hashes of the pair in a cache made for
 // one identity (see keyer). Errors, NaN and Inf scores and partial batches
-// are never cached. The serve command hands the Stage every model load, so
-// a plugin that comes back with other weights gets a fresh cache.
+// are never cached. A Cache serves one model identity: the models package
+// keeps it across the loads of the same weights and gives a plugin that
+// comes back with other weights a fresh one.
 package cache
 
 import (
@@ -21,8 +22,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -141,15 +140,6 @@ type Cache struct {
 	local   *local
 	remote  *remote
 	flights *flights
-
-	// users is read-locked by every request the Stage sends in, so that a
-	// replaced cache is closed only after them (ristretto must not be
-	// closed under a concurrent Set).
-	users sync.RWMutex
-	// retired is set when the Stage replaced this cache for another model
-	// identity: scores computed from then on may come from the new model,
-	// so they are not stored under this one's keys.
-	retired atomic.Bool
 }
 
 // maxJoins bounds how often a request waits for other requests' flights of
@@ -228,7 +218,9 @@ func checkRedisConfig(cfg RedisConfig) error {
 	return nil
 }
 
-// Close stops the cache's background work and closes its Redis connections.
+// Close stops the cache's background work and closes its Redis connections;
+// the caller makes sure no request is still in it (ristretto must not be
+// closed under a concurrent Set).
 func (c *Cache) Close() error {
 	var err error
 	if c.remote != nil {
@@ -238,13 +230,6 @@ func (c *Cache) Close() error {
 		c.local.close()
 	}
 	return err
-}
-
-// closeWhenIdle closes the cache once no request holds it.
-func (c *Cache) closeWhenIdle() error {
-	c.users.Lock()
-	defer c.users.Unlock()
-	return c.Close()
 }
 
 // Stats returns the counters for /health.
@@ -590,19 +575,6 @@ func (c *Cache) compute(ctx context.Context, pairs []sdk.Pair, keys string, scor
 			_ = c.remote.release(bg, token, locked, locked)
 		}
 		return err
-	}
-	if c.retired.Load() {
-		// The model changed while these pairs were scored: they may be
-		// the new model's scores, which must not land under this
-		// identity. Answer them and store nothing.
-		if c.remote != nil && len(locked) > 0 {
-			_ = c.remote.release(bg, token, locked, locked)
-		}
-		for j, it := range items {
-			scores[it.i] = got[j]
-			c.flights.finish(keyAt(keys, it.i), it.f, got[j], true)
-		}
-		return nil
 	}
 	if c.remote != nil {
 		c.sharedKeys(pairs, items) // for the items that never went to Redis
