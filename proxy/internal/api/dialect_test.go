@@ -218,4 +218,3 @@ func TestInfo(t *testing.T) {
 		t.Errorf("GET /info:\n got %d %s\nwant 200 %s", r.code, r.body, want)
 	}
 }
-
