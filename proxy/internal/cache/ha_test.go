@@ -28,7 +28,7 @@ const haDeadline = 60 * time.Second
 // needBinary returns the path of a binary the test runs, skipping t when
 // it is not installed, unless CI is set: .ci/run installs it there, so a
 // missing one is a broken CI machine and fails the test.
-func needBinary(t *testing.T, name, pkg string) string {
+func needBinary(t testing.TB, name, pkg string) string {
 	t.Helper()
 	path, err := exec.LookPath(name)
 	if err == nil {
@@ -42,7 +42,7 @@ func needBinary(t *testing.T, name, pkg string) string {
 }
 
 // freePort returns a loopback port nobody listens on now.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -138,21 +138,21 @@ func haConfig(url string) Config {
 	return cfg
 }
 
-// loadResult is what a load run saw.
-type loadResult struct {
-	requests, failures atomic.Int64
-	mu                 sync.Mutex
-	first              error
-}
-
-// runLoad scores requests from 8 workers, alternating between caches, each
-// with 10 new pairs and 10 from a shared pool (hits, and waits on the other
-// cache's locks), checking every score, until stop is closed; wait blocks
-// until the workers are done.
-func runLoad(t *testing.T, next *countingScorer, caches []*Cache, stop chan struct{}) (res *loadResult, waitN func(int64), wait func()) {
-	res = &loadResult{}
+// underLoad scores requests from 8 workers, alternating between caches,
+// each with 10 new pairs (Redis lookups and writes on every request) and 10
+// from a shared pool (L1 and Redis hits, and waits on the other cache's
+// locks), checking every score. After 100 requests it calls fault, which
+// may wait for more with waitN; then the load stops, and t fails unless
+// every request succeeded with the right scores. It returns the number of
+// requests.
+func underLoad(t *testing.T, next *countingScorer, caches []*Cache, fault func(waitN func(int64))) int64 {
+	t.Helper()
+	var requests, failures atomic.Int64
+	var mu sync.Mutex
+	var first error
 	shared := pairsOf("shared", 0, 100)
 	var fresh atomic.Int64
+	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for w := range 8 {
 		wg.Go(func() {
@@ -168,7 +168,7 @@ func runLoad(t *testing.T, next *countingScorer, caches []*Cache, stop chan stru
 				n := fresh.Add(10)
 				pairs := append(pairsOf("load", int(n), 10), shared[from:from+10]...)
 				got, err := c.Score(context.Background(), pairs)
-				res.requests.Add(1)
+				requests.Add(1)
 				if err == nil {
 					for j, p := range pairs {
 						if got[j] != next.want(p) {
@@ -178,22 +178,38 @@ func runLoad(t *testing.T, next *countingScorer, caches []*Cache, stop chan stru
 					}
 				}
 				if err != nil {
-					res.failures.Add(1)
-					res.mu.Lock()
-					if res.first == nil {
-						res.first = err
+					failures.Add(1)
+					mu.Lock()
+					if first == nil {
+						first = err
 					}
-					res.mu.Unlock()
+					mu.Unlock()
 				}
 			}
 		})
 	}
-	waitN = func(n int64) {
+	// The workers stop even when fault or waitN fails t.
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+			wg.Wait()
+		}
+	}()
+	waitN := func(n int64) {
 		t.Helper()
-		target := res.requests.Load() + n
-		waitFor(t, fmt.Sprintf("%d more requests", n), func() bool { return res.requests.Load() >= target })
+		target := requests.Load() + n
+		waitFor(t, fmt.Sprintf("%d more requests", n), func() bool { return requests.Load() >= target })
 	}
-	return res, waitN, wg.Wait
+	waitN(100)
+	fault(waitN)
+	close(stop)
+	wg.Wait()
+	if n := failures.Load(); n != 0 {
+		t.Fatalf("%d of %d requests failed; first: %v", n, requests.Load(), first)
+	}
+	return requests.Load()
 }
 
 // sharedThroughRedis waits until a pair a scores is found by b without the
@@ -264,40 +280,26 @@ func TestSentinelFailoverUnderLoad(t *testing.T) {
 	b := newTestCache(t, haConfig(url), testIdentity, next)
 	sharedThroughRedis(t, next, a, b, "before the failover")
 
-	stop := make(chan struct{})
-	res, waitN, wait := runLoad(t, next, []*Cache{a, b}, stop)
-	stopped := false
-	defer func() {
-		if !stopped {
-			close(stop)
-			wait()
+	n := underLoad(t, next, []*Cache{a, b}, func(waitN func(int64)) {
+		master.kill()
+		waitFor(t, "the sentinel to promote the replica", func() bool {
+			return masterAddr() == replica.addr()
+		})
+		promoted := time.Now()
+		// Load goes on after the switch until both caches answer from the
+		// new master while busy, then for 300 requests more.
+		lookups := func(c *Cache) uint64 {
+			st := c.Stats().Distributed
+			return st.Hits + st.Misses
 		}
-	}()
-	waitN(100)
-	master.kill()
-	waitFor(t, "the sentinel to promote the replica", func() bool {
-		return masterAddr() == replica.addr()
+		la, lb := lookups(a), lookups(b)
+		waitFor(t, "both caches to read from the promoted replica under load", func() bool {
+			return lookups(a) > la && lookups(b) > lb
+		})
+		t.Logf("under load, both caches read from the new master %v after the sentinel named it", time.Since(promoted).Round(time.Millisecond))
+		waitN(300)
 	})
-	promoted := time.Now()
-	// Load goes on after the switch until both caches answer from the new
-	// master while busy, then for 300 requests more.
-	lookups := func(c *Cache) uint64 {
-		st := c.Stats().Distributed
-		return st.Hits + st.Misses
-	}
-	la, lb := lookups(a), lookups(b)
-	waitFor(t, "both caches to read from the promoted replica under load", func() bool {
-		return lookups(a) > la && lookups(b) > lb
-	})
-	t.Logf("under load, both caches read from the new master %v after the sentinel named it", time.Since(promoted).Round(time.Millisecond))
-	waitN(300)
-	close(stop)
-	wait()
-	stopped = true
-	if n := res.failures.Load(); n != 0 {
-		t.Fatalf("%d of %d requests failed across the failover; first: %v", n, res.requests.Load(), res.first)
-	}
-	t.Logf("%d requests across the failover, 0 failed; a's Redis stats: %+v", res.requests.Load(), a.Stats().Distributed)
+	t.Logf("%d requests across the failover, 0 failed; a's Redis stats: %+v", n, a.Stats().Distributed)
 
 	// The old master is dead: a pair scored by a and found by b went
 	// through the promoted replica, and is stored there.
@@ -378,28 +380,14 @@ func TestClusterDedupAndNodeKill(t *testing.T) {
 	}
 
 	next.delay = 0
-	stop := make(chan struct{})
-	res, waitN, wait := runLoad(t, next, []*Cache{a, b}, stop)
-	stopped := false
-	defer func() {
-		if !stopped {
-			close(stop)
-			wait()
-		}
-	}()
-	waitN(100)
-	nodes[2].kill()
-	waitN(300)
-	close(stop)
-	wait()
-	stopped = true
-	if n := res.failures.Load(); n != 0 {
-		t.Fatalf("%d of %d requests failed with a cluster node killed; first: %v", n, res.requests.Load(), res.first)
-	}
+	n := underLoad(t, next, []*Cache{a, b}, func(waitN func(int64)) {
+		nodes[2].kill()
+		waitN(300)
+	})
 	if st := a.Stats().Distributed; st.Errors == 0 {
 		t.Errorf("a's stats = %+v; want errors from the killed node", st)
 	}
-	t.Logf("%d requests with a node killed, 0 failed; a's Redis stats: %+v", res.requests.Load(), a.Stats().Distributed)
+	t.Logf("%d requests with a node killed, 0 failed; a's Redis stats: %+v", n, a.Stats().Distributed)
 
 	// Restarted with its nodes.conf, the node takes its slots back and the
 	// caches share scores through the cluster again.

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -294,67 +292,10 @@ func TestRedisKilledDuringLoad(t *testing.T) {
 	cfg.Redis.Timeout = 100 * time.Millisecond
 	a := newTestCache(t, cfg, testIdentity, next)
 	b := newTestCache(t, cfg, testIdentity, next)
-	// Half of each request comes from a shared pool (L1 and Redis hits and
-	// waits on the other instance's locks), half is new (Redis lookups and
-	// writes on every request).
-	shared := pairsOf("q", 0, 100)
-	var fresh atomic.Int64
-
-	var requests, failures atomic.Int64
-	var failMu sync.Mutex
-	var firstFailure error
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 8 {
-		wg.Go(func() {
-			rng := rand.New(rand.NewPCG(uint64(w), 1))
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				c := a
-				if i%2 == 1 {
-					c = b
-				}
-				from := rng.IntN(len(shared) - 10)
-				n := fresh.Add(10)
-				pairs := append(pairsOf("new", int(n), 10), shared[from:from+10]...)
-				got, err := c.Score(context.Background(), pairs)
-				requests.Add(1)
-				if err == nil {
-					for j, p := range pairs {
-						if got[j] != next.want(p) {
-							err = fmt.Errorf("score %d = %v, want %v", j, got[j], next.want(p))
-							break
-						}
-					}
-				}
-				if err != nil {
-					failures.Add(1)
-					failMu.Lock()
-					if firstFailure == nil {
-						firstFailure = err
-					}
-					failMu.Unlock()
-				}
-			}
-		})
-	}
-	waitRequests := func(n int64) {
-		for target := requests.Load() + n; requests.Load() < target; {
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	waitRequests(100)
-	srv.kill()
-	waitRequests(300)
-	close(stop)
-	wg.Wait()
-	if n := failures.Load(); n != 0 {
-		t.Fatalf("%d of %d requests failed while Redis was killed; first: %v", n, requests.Load(), firstFailure)
-	}
+	underLoad(t, next, []*Cache{a, b}, func(waitN func(int64)) {
+		srv.kill()
+		waitN(300)
+	})
 	if st := a.Stats().Distributed; st.Errors == 0 || st.BreakerOpened == 0 || st.Connected {
 		t.Errorf("a's stats after the kill = %+v; want errors, an opened breaker, not connected", st)
 	}
@@ -362,22 +303,9 @@ func TestRedisKilledDuringLoad(t *testing.T) {
 	// Restarted (empty), Redis is used again once the breaker lets a probe
 	// through: a pair a scored is then found by b without the backend.
 	srv.start()
-	for i := 0; ; i++ {
-		p := []sdk.Pair{{Query: "after restart", Document: fmt.Sprint(i)}}
-		score(t, a, p)
-		before := next.total()
-		score(t, b, p)
-		if next.total() == before {
-			break
-		}
-		if i == 1000 {
-			t.Fatalf("Redis not used again after its restart")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if st := b.Stats().Distributed; !st.Connected {
-		t.Errorf("b's stats after the restart = %+v; want connected", st)
-	}
+	sharedThroughRedis(t, next, a, b, "after restart")
+	// /health's figures are refreshed at most once per infoMaxAge.
+	waitFor(t, "b's stats to say connected after the restart", func() bool { return b.Stats().Distributed.Connected })
 }
 
 func TestDeadRedisFailsOpen(t *testing.T) {

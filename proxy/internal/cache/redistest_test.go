@@ -3,7 +3,6 @@ package cache
 import (
 	"context"
 	"fmt"
-	"net"
 	"os/exec"
 	"strconv"
 	"sync"
@@ -24,20 +23,12 @@ type redisServer struct {
 	c  *redis.Client
 }
 
-// startRedis starts a redis-server for t, or skips t when the binary is not
-// installed (.ci/run installs it, so CI always runs these tests).
+// startRedis starts a redis-server for t; without the binary it skips t,
+// or fails it under CI (.ci/run installs it).
 func startRedis(t testing.TB) *redisServer {
 	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Skip("redis-server not installed (apt-get install redis-server); skipping the Redis tests")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("cannot find a free port: %v", err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	s := &redisServer{t: t, port: port}
+	needBinary(t, "redis-server", "redis-server")
+	s := &redisServer{t: t, port: freePort(t)}
 	s.start()
 	t.Cleanup(s.kill)
 	return s
