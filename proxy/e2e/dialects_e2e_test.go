@@ -147,9 +147,9 @@ func TestDialectsScoreAsSeed(t *testing.T) {
 	if short[0] != seed[0] || short[1] != seed[1] {
 		t.Errorf("truncate false, short texts: %v, seed %v", short, seed[:2])
 	}
-	// An unknown model: 404 in Cohere's shape.
+	// An unknown model: 422 in Cohere's shape, naming the served model.
 	r = s.do(t, "POST", "/v2/rerank", body(map[string]any{"documents": dialectDocs, "model": "rerank-v3.5"}))
-	if r.code != 404 || !strings.HasPrefix(string(r.body), `{"message":`) {
+	if r.code != 422 || !strings.HasPrefix(string(r.body), `{"message":`) || !strings.Contains(string(r.body), "this server serves") {
 		t.Errorf("unknown model: %d %s", r.code, r.body)
 	}
 

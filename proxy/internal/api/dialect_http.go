@@ -190,8 +190,9 @@ func (s *Server) writeDialectFailure(ctx *fasthttp.RequestCtx, d dialect, err er
 	case re != nil:
 		writeDialectError(ctx, d, invalidCode, re.Error())
 	case errors.Is(err, rerank.ErrUnknownModel):
-		// Cohere and vLLM answer a model they do not serve with 404.
-		writeDialectError(ctx, d, fasthttp.StatusNotFound, "model: "+modelMessage(err))
+		// 422 in every dialect, naming the served models, as on the seed
+		// route: the request is well formed, its model is not served here.
+		writeDialectError(ctx, d, fasthttp.StatusUnprocessableEntity, "model: "+modelMessage(err))
 	case errors.As(err, &ve):
 		writeDialectError(ctx, d, invalidCode, validationMessage(d, ve))
 	case errors.Is(err, sdk.ErrTooLong):

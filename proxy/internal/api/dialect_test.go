@@ -163,7 +163,7 @@ func TestDialectErrors(t *testing.T) {
 	f("/v2/rerank", `{"query":"q","documents":["a"],"raw_scores":true,"use_activation":true}`, 400, `use_activation: contradicts raw_scores`)
 	f("/v2/rerank", `{"query":"q","documents":["a","b","c"]}`, 400, `^\{"message":"invalid request: documents: too many documents: 3`)
 	f("/v2/rerank", `{"query":"q","documents":["a","bbbbbb"]}`, 400, `documents\.1: document 1 is 6 characters long`)
-	f("/v2/rerank", `{"model":"other","query":"q","documents":["a"]}`, 404, `^\{"message":"model: unsupported model \\"other\\": this server serves \\"org/test-model\\"\"\}$`)
+	f("/v2/rerank", `{"model":"other","query":"q","documents":["a"]}`, 422, `^\{"message":"model: unsupported model \\"other\\": this server serves \\"org/test-model\\"\"\}$`)
 	f("/v1/rerank", `{"query":"q","documents":[{"title":"x"}]}`, 400, `^\{"message":"invalid request: documents\.0: has no \\"text\\" member`)
 	f("/v1/rerank", `{"query":"q","documents":[1]}`, 400, `documents\.0: must be a string or an object`)
 	f("/v1/rerank", `{"query":"q","documents":["a"],"return_documents":"yes"}`, 400, `return_documents: must be true or false`)
