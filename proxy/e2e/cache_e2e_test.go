@@ -230,72 +230,20 @@ func TestCacheTwoProxiesShareRedis(t *testing.T) {
 	})
 
 	t.Run("Redis killed during load, then restarted", func(t *testing.T) {
-		var requests, failures atomic.Int64
-		var next atomic.Int64
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		for w := range 4 {
-			wg.Go(func() {
-				for i := 0; ; i++ {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					s := a
-					if (w+i)%2 == 1 {
-						s = b
-					}
-					n := int(next.Add(5))
-					cands := append(candidates("load", n, 5), candidates("first", n%20, 5)...)
-					if _, err := rerankScores(s, "capital of france", cands); err != nil {
-						failures.Add(1)
-						t.Errorf("request during the Redis kill: %v", err)
-					}
-					requests.Add(1)
-				}
-			})
-		}
-		waitFor := func(n int64) {
-			for target := requests.Load() + n; requests.Load() < target && !t.Failed(); {
-				time.Sleep(5 * time.Millisecond)
-			}
-		}
-		waitFor(20)
-		rds.kill()
-		waitFor(60)
-		close(stop)
-		wg.Wait()
-		if f := failures.Load(); f != 0 {
-			t.Fatalf("%d of %d requests failed while Redis was killed", f, requests.Load())
-		}
+		underProxyLoad(t, a, b, func(more func(int64)) {
+			rds.kill()
+			more(60)
+		})
 		if h := a.cacheHealth(t); h.Distributed.Connected {
 			t.Errorf("/health says Redis is connected while it is down: %+v", *h.Distributed)
 		}
 
 		// Restarted (empty), Redis is used again once each proxy's breaker
 		// lets a probe through: a pair a scored is then found by b
-		// without its plugin. The limit only stops a broken build from
-		// hanging; the breaker's longest pause is 30 seconds.
+		// without its plugin. pollUntil's minute covers the breaker's
+		// longest pause, 30 seconds.
 		rds.start()
-		limit := time.Now().Add(2 * time.Minute)
-		for i := 0; ; i++ {
-			cands := candidates(fmt.Sprintf("after restart %d", i), 0, 3)
-			if _, err := rerankScores(a, "capital of france", cands); err != nil {
-				t.Fatal(err)
-			}
-			before := scored(t, b)
-			if _, err := rerankScores(b, "capital of france", cands); err != nil {
-				t.Fatal(err)
-			}
-			if scored(t, b) == before {
-				break
-			}
-			if time.Now().After(limit) {
-				t.Fatalf("Redis not used again after its restart")
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		sharedByProxies(t, a, b, "after restart")
 	})
 }
 
