@@ -70,35 +70,10 @@ func writeAuthError(ctx *fasthttp.RequestCtx, path, msg string) {
 // hasMember reports whether body is a JSON object with a top-level member
 // named name; anything it cannot read counts as no.
 func hasMember(body []byte, name string) bool {
-	p := fastParser{b: body}
-	p.ws()
-	if !p.eat('{') {
-		return false
-	}
-	p.ws()
-	if p.eat('}') {
-		return false
-	}
-	for {
-		p.ws()
-		key, ok := p.str()
-		if !ok {
-			return false
-		}
-		if string(key) == name {
-			return true
-		}
-		p.ws()
-		if !p.eat(':') {
-			return false
-		}
-		p.ws()
-		if !p.skip(0) {
-			return false
-		}
-		p.ws()
-		if !p.eat(',') {
-			return false
-		}
-	}
+	found := false
+	eachTopLevelKey(body, func(key []byte) bool {
+		found = string(key) == name
+		return !found
+	})
+	return found
 }

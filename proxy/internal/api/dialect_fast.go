@@ -182,6 +182,25 @@ func (p *fastParser) bool() (bool, bool) {
 // POST /v1/rerank rather than a seed one. Anything it cannot read (invalid
 // JSON, deep nesting) is left to the seed route, whose errors it keeps.
 func documentsBody(body []byte) bool {
+	documents, candidates := false, false
+	whole := eachTopLevelKey(body, func(key []byte) bool {
+		switch string(key) {
+		case "candidates":
+			candidates = true
+			return false
+		case "documents":
+			documents = true
+		}
+		return true
+	})
+	return whole && documents && !candidates
+}
+
+// eachTopLevelKey calls f with each top-level member name of the JSON
+// object in body, in order, skipping the values, until f returns false. It
+// reports whether it read the whole object, so false means f stopped it or
+// body is not an object it can read (invalid JSON, deep nesting).
+func eachTopLevelKey(body []byte, f func(key []byte) bool) bool {
 	p := fastParser{b: body}
 	p.ws()
 	if !p.eat('{') {
@@ -189,20 +208,13 @@ func documentsBody(body []byte) bool {
 	}
 	p.ws()
 	if p.eat('}') {
-		return false
+		return true
 	}
-	documents := false
 	for {
 		p.ws()
 		key, ok := p.str()
-		if !ok {
+		if !ok || !f(key) {
 			return false
-		}
-		switch string(key) {
-		case "candidates":
-			return false
-		case "documents":
-			documents = true
 		}
 		p.ws()
 		if !p.eat(':') {
@@ -216,6 +228,6 @@ func documentsBody(body []byte) bool {
 		if p.eat(',') {
 			continue
 		}
-		return p.eat('}') && documents
+		return p.eat('}')
 	}
 }
