@@ -493,17 +493,21 @@ func (b *Batcher) admitLocked(n int) error {
 }
 
 // shedLocked refuses a request that the queue ahead of it would make miss
-// its deadline: the estimated tokens of the pending pairs and of its own,
-// at the throughput measured on recent batches, must fit in the time left.
-// Failing at once with sdk.ErrOverloaded (429) tells the client to back off
-// or go elsewhere, where waiting would only end in a timeout (504).
+// its deadline: the estimated tokens of the pending pairs, with a margin,
+// and of its own, at the throughput measured on recent batches, must fit in
+// the time left. Failing at once with sdk.ErrOverloaded (429) tells the
+// client to back off or go elsewhere, where waiting would only end in a
+// timeout (504). A request with nothing ahead of it is never shed: no one
+// else's work would be saved, a retry would cost the same, and its deadline
+// still bounds it.
 func (b *Batcher) shedLocked(ctx context.Context, now time.Time, tokens int) error {
 	deadline, ok := ctx.Deadline()
-	if !ok || b.rateDur <= 0 || b.rateTok <= 0 {
+	ahead := b.queuedTokens + b.inFlightTokens
+	if !ok || ahead == 0 || b.rateDur <= 0 || b.rateTok <= 0 {
 		return nil
 	}
 	secsPerToken := b.rateDur / b.rateTok
-	wait := time.Duration(shedMargin * float64(b.queuedTokens+b.inFlightTokens+tokens) * secsPerToken * float64(time.Second))
+	wait := time.Duration((shedMargin*float64(ahead) + float64(tokens)) * secsPerToken * float64(time.Second))
 	if now.Add(wait).Before(deadline) {
 		return nil
 	}
@@ -514,12 +518,16 @@ func (b *Batcher) shedLocked(ctx context.Context, now time.Time, tokens int) err
 		wait.Round(time.Millisecond), deadline.Sub(now).Round(time.Millisecond), sdk.ErrOverloaded)
 }
 
-// shedMargin inflates the estimated wait before it is compared with the
-// time left: the throughput comes from recent batches, the token counts are
-// estimates, and a plugin's speed can halve from one second to the next on
-// a shared machine. With no margin, 31 of 71 admitted requests still timed
-// out in a 10× overload run (docs/BENCHMARKS.md (batch section)): queueing at most half
-// a deadline's worth of work keeps the plugin busy and the admitted in time.
+// shedMargin inflates the estimated time of the work queued ahead of a
+// request before it is compared with the time left: the throughput comes
+// from recent batches, the token counts are estimates, and a plugin's speed
+// can halve from one second to the next on a shared machine. With no
+// margin, 31 of 71 admitted requests still timed out in a 10× overload run
+// (docs/BENCHMARKS.md (batch section)): queueing at most half a deadline's
+// worth of work keeps the plugin busy and the admitted in time. The
+// request's own work is not inflated: doubling it refused a lone request on
+// a slow plugin (fp16 XLM-R, 9 minutes for 20 pairs) with 15 minutes left
+// whose answer would have come in time (docs/BENCHMARKS.md, models section).
 const shedMargin = 2
 
 // passThrough serves a request when coalescing is off: one Score call per

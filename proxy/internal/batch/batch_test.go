@@ -617,6 +617,70 @@ func TestShedsWhatWouldMissItsDeadline(t *testing.T) {
 	h.expectScores(rok, ok)
 }
 
+// TestSlowPluginDoesNotShedARequestWithinItsDeadline is the fp16 XLM-R
+// case: on a slow plugin one request of 20 pairs took about 9 minutes, and
+// the next one, alone with a 15-minute deadline, was refused (429) at once
+// because the margin doubled its own estimated work. A request that has
+// the plugin to itself is never shed: a retry would cost the same, and its
+// deadline still bounds it. With work ahead, the margin covers the queue's
+// uncertainty only, so a request that fits its deadline behind a short
+// queue is admitted.
+func TestSlowPluginDoesNotShedARequestWithinItsDeadline(t *testing.T) {
+	h := newHarness(t, Config{MaxBatchSize: 32, Window: 10 * time.Millisecond, MaxQueue: 1000})
+	// Each pair "q"/"dNN" estimates to 1 + 1 + 4 = 6 tokens; 20 pairs
+	// make one batch of 120 tokens.
+	first := mkPairs("q", nDocs("d", 20)...)
+	deadline := 900 * time.Second
+	r1 := h.submit(newManualCtx(h.clock.Now().Add(deadline)), first)
+	h.clock.Advance(10 * time.Millisecond)
+	c := h.backend.next(t)
+	h.clock.Advance(540 * time.Second) // the plugin takes 9 minutes
+	h.reply(c, nil)
+	h.expectScores(r1, first)
+
+	// The same shape again, alone: 540 s of estimated work in 900 s.
+	second := mkPairs("q", nDocs("e", 20)...)
+	r2 := h.submit(newManualCtx(h.clock.Now().Add(deadline)), second)
+	h.clock.Advance(10 * time.Millisecond)
+	c = h.backend.next(t)
+	h.clock.Advance(540 * time.Second)
+	h.reply(c, nil)
+	h.expectScores(r2, second)
+
+	// Alone, even a request estimated past its deadline is admitted: it
+	// is answered if the plugin is quicker than the estimate, else it
+	// times out (504); 429's "retry later" would not help it.
+	third := mkPairs("q", nDocs("f", 20)...)
+	r3 := h.submit(newManualCtx(h.clock.Now().Add(300*time.Second)), third)
+	h.clock.Advance(10 * time.Millisecond)
+	c = h.backend.next(t)
+	h.clock.Advance(200 * time.Second)
+	h.reply(c, nil)
+	h.expectScores(r3, third)
+
+	// Behind a short batch in flight: at the rate measured so far (about
+	// 3.3 s a token) its 12 tokens are about 40 s and 20 more pairs about
+	// 400 s; 2 × 40 + 400 s fits the 600 s left, so they are admitted.
+	// Doubling their own work too, 2 × 440 s, refused them.
+	short := mkPairs("q", nDocs("g", 2)...)
+	rs := h.submit(newManualCtx(h.clock.Now().Add(deadline)), short)
+	h.clock.Advance(10 * time.Millisecond)
+	cs := h.backend.next(t)
+	fourth := mkPairs("q", nDocs("h", 20)...)
+	r4 := h.submit(newManualCtx(h.clock.Now().Add(600*time.Second)), fourth)
+	h.clock.Advance(45 * time.Second)
+	h.reply(cs, nil)
+	h.expectScores(rs, short)
+	h.clock.Advance(10 * time.Millisecond)
+	c = h.backend.next(t)
+	h.clock.Advance(450 * time.Second)
+	h.reply(c, nil)
+	h.expectScores(r4, fourth)
+	if s := h.b.Stats(); s.ShedRequests != 0 || s.RejectedRequests != 0 {
+		t.Fatalf("requests within their deadlines were refused: %+v", s)
+	}
+}
+
 func TestNoStarvation(t *testing.T) {
 	f := func(name string, bigDoc, smallDoc string) {
 		t.Run(name, func(t *testing.T) {
