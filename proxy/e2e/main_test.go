@@ -140,6 +140,10 @@ var testModels = map[string]struct {
 	"tiny-bert": {"bert", 2, 32, 2, 64, "proxy/cmd/rerank/testmodeldata/tokenizer.json"},
 	"minilm":    {"bert", 6, 384, 12, 1536, "proxy/cmd/rerank/testmodeldata/tokenizer.json"},
 	"tiny-xlmr": {"xlm-roberta", 2, 32, 2, 64, "sdk/onnx/crossencoder/testdata/xlmr-synthetic/tokenizer_classic.json"},
+	// xlmr-large is bge-reranker-v2-m3's encoder shape (1.2 GB of fp32
+	// weights with the synthetic tokenizer's small vocabulary), for
+	// benchmarks only: no golden, and minutes to write.
+	"xlmr-large": {"xlm-roberta", 24, 1024, 16, 4096, "sdk/onnx/crossencoder/testdata/xlmr-synthetic/tokenizer_classic.json"},
 }
 
 // testModelSeed is the seed of every generated test model, the goldens' too.
