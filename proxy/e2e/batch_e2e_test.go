@@ -25,6 +25,7 @@ type microBatcher struct {
 	RejectedRequests uint64  `json:"rejected_requests"`
 	DroppedPairs     uint64  `json:"dropped_pairs"`
 	DuplicatePairs   uint64  `json:"duplicate_pairs"`
+	ResentPairs      uint64  `json:"resent_pairs"`
 }
 
 func (s *server) microBatcher(t *testing.T) microBatcher {

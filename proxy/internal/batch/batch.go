@@ -110,8 +110,10 @@ type Config struct {
 	// again, once: a batch that crashes the plugin twice fails its
 	// requests with an error wrapping sdk.ErrInvalidInput, so one
 	// poisonous input cannot crash it for ever. A request whose deadline
-	// passes while the plugin is down fails with sdk.ErrNotLoaded. nil
-	// means always up, and a failed batch fails its requests.
+	// passes while the plugin is down fails with sdk.ErrNotLoaded. With
+	// coalescing off, each request's call waits for the plugin and is sent
+	// again after a crash the same way. nil means always up, and a failed
+	// batch fails its requests.
 	Up func() <-chan struct{}
 }
 
@@ -571,9 +573,9 @@ func (b *Batcher) scoreSplit(ctx context.Context, pairs []sdk.Pair) ([]float32, 
 			end++
 		}
 		if start == 0 && end == len(pairs) {
-			return b.next.Score(ctx, pairs)
+			return b.scoreOnce(ctx, pairs)
 		}
-		scores, err := b.next.Score(ctx, pairs[start:end])
+		scores, err := b.scoreOnce(ctx, pairs[start:end])
 		if err != nil {
 			return nil, err
 		}
@@ -584,6 +586,46 @@ func (b *Batcher) scoreSplit(ctx context.Context, pairs []sdk.Pair) ([]float32, 
 		start = end
 	}
 	return out, nil
+}
+
+// scoreOnce sends one call of the unbatched path to the next stage, as the
+// batched path sends a batch: with Up set, it waits for the plugin to be up
+// (within ctx), and a call lost in a plugin crash (sdk.ErrUnavailable) or
+// sent while the plugin was down (sdk.ErrNotLoaded) is sent again to the
+// plugin that comes back; a call that crashes the plugin a second time
+// fails with an error wrapping sdk.ErrInvalidInput.
+func (b *Batcher) scoreOnce(ctx context.Context, pairs []sdk.Pair) ([]float32, error) {
+	if b.cfg.Up == nil {
+		return b.next.Score(ctx, pairs)
+	}
+	crashed := false
+	for {
+		select {
+		case <-b.cfg.Up():
+		case <-ctx.Done():
+			return nil, fmt.Errorf("batch: no plugin came up within the request's deadline (%v): %w", ctx.Err(), sdk.ErrNotLoaded)
+		}
+		scores, err := b.next.Score(ctx, pairs)
+		switch {
+		case err == nil || ctx.Err() != nil:
+			return scores, err
+		case errors.Is(err, sdk.ErrUnavailable) && crashed:
+			b.mu.Lock()
+			b.poison += uint64(len(pairs))
+			b.mu.Unlock()
+			return nil, fmt.Errorf("batch: the plugin crashed twice scoring this request's pairs, which are not sent again (%v): %w", err, sdk.ErrInvalidInput)
+		case errors.Is(err, sdk.ErrUnavailable):
+			crashed = true
+			b.mu.Lock()
+			b.resent += uint64(len(pairs))
+			b.mu.Unlock()
+		case errors.Is(err, sdk.ErrNotLoaded) && !b.up():
+			// Sent as the plugin went down: wait for the next one. (A
+			// plugin that is up and says it has no model is answered.)
+		default:
+			return nil, err
+		}
+	}
 }
 
 // estimate guesses a pair's token count before tokenization: its characters

@@ -968,10 +968,16 @@ func (c *crashingBackend) Score(_ context.Context, pairs []sdk.Pair) ([]float32,
 
 // A plugin crash costs latency, not answers (issue 13, failure 9): the
 // batch lost in the crash is sent again to the restarted plugin, and a
-// request arriving while it restarts waits for it.
+// request arriving while it restarts waits for it. With micro-batching off,
+// the request's own call is sent again, and a new one waits, the same way.
 func TestCrashedBatchIsResent(t *testing.T) {
+	t.Run("batched", func(t *testing.T) { crashedBatchIsResent(t, true) })
+	t.Run("unbatched", func(t *testing.T) { crashedBatchIsResent(t, false) })
+}
+
+func crashedBatchIsResent(t *testing.T, enabled bool) {
 	be := newCrashingBackend(1)
-	b := New(be, Config{Enabled: true, Window: 0, MaxQueue: 100, Up: be.Up})
+	b := New(be, Config{Enabled: enabled, Window: 0, MaxQueue: 100, Up: be.Up})
 	type answer struct {
 		scores []float32
 		err    error
@@ -1019,10 +1025,16 @@ func TestCrashedBatchIsResent(t *testing.T) {
 
 // A batch that crashes the plugin twice is failed, with an error saying so,
 // rather than crashing it for ever; a request whose deadline passes while
-// no plugin is up fails with sdk.ErrNotLoaded (503), not a timeout.
+// no plugin is up fails with sdk.ErrNotLoaded (503), not a timeout. So
+// does an unbatched call.
 func TestPoisonBatchFailsAfterTwoCrashes(t *testing.T) {
+	t.Run("batched", func(t *testing.T) { poisonBatchFailsAfterTwoCrashes(t, true) })
+	t.Run("unbatched", func(t *testing.T) { poisonBatchFailsAfterTwoCrashes(t, false) })
+}
+
+func poisonBatchFailsAfterTwoCrashes(t *testing.T, enabled bool) {
 	be := newCrashingBackend(1000)
-	b := New(be, Config{Enabled: true, Window: 0, MaxQueue: 100, Up: be.Up})
+	b := New(be, Config{Enabled: enabled, Window: 0, MaxQueue: 100, Up: be.Up})
 	done := make(chan error, 1)
 	go func() {
 		_, err := b.Score(context.Background(), []sdk.Pair{{Query: "q", Document: "poison"}})
