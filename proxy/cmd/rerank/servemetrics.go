@@ -129,7 +129,8 @@ func modelState(m *models.Model) func() metrics.ModelState {
 		bs := m.BatchStats()
 		ms.QueuePairs, ms.QueueRequests, ms.InFlightBatches = bs.PendingPairs, bs.PendingRequests, bs.InFlightBatches
 		if d := m.CacheStats().Distributed; d.Enabled {
-			ms.Redis = &metrics.RedisState{Errors: d.Errors, Skipped: d.Skipped, BreakerOpen: d.BreakerOpen}
+			ms.Redis = &metrics.RedisState{Errors: d.Errors, Skipped: d.Skipped, BreakerOpen: d.BreakerOpen,
+				BreakerOpened: d.BreakerOpened, BreakerClosed: d.BreakerClosed}
 		}
 		return ms
 	}

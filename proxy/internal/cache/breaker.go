@@ -23,6 +23,7 @@ type breaker struct {
 	openUntil time.Time
 	wait      time.Duration
 	opened    uint64
+	reclosed  uint64
 }
 
 func newBreaker(threshold int, cooldown, maxCooldown time.Duration) *breaker {
@@ -56,6 +57,9 @@ func (b *breaker) success() (reclosed bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	reclosed = b.open
+	if reclosed {
+		b.reclosed++
+	}
 	b.failures = 0
 	b.open = false
 	b.probing = false
@@ -91,9 +95,22 @@ func (b *breaker) abandon() {
 	b.probing = false
 }
 
-// state reports whether the breaker is closed and how often it opened.
-func (b *breaker) state() (closed bool, opened uint64) {
+// breakerState is what the breaker says of itself.
+type breakerState struct {
+	// closed says calls go to Redis (or a probe may, once cooled down: a
+	// breaker waiting for its probe is open).
+	closed bool
+	// opened counts how often it opened, a failed probe's reopening
+	// included.
+	opened uint64
+	// reclosed counts how often a successful probe closed it again.
+	reclosed uint64
+}
+
+// state reports whether the breaker is closed and how often it opened and
+// closed again.
+func (b *breaker) state() breakerState {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return !b.open, b.opened
+	return breakerState{closed: !b.open, opened: b.opened, reclosed: b.reclosed}
 }

@@ -142,7 +142,7 @@ func TestBreaker(t *testing.T) {
 		if got := b.allow(); got != wantAllow {
 			t.Fatalf("%s: allow() = %v, want %v", step, got, wantAllow)
 		}
-		if closed, _ := b.state(); closed != wantClosed {
+		if closed := b.state().closed; closed != wantClosed {
 			t.Fatalf("%s: closed = %v, want %v", step, closed, wantClosed)
 		}
 	}
@@ -171,8 +171,8 @@ func TestBreaker(t *testing.T) {
 	f("cool-down capped at the maximum", true, false)
 	b.success()
 	f("successful probe closes", true, true)
-	if _, opened := b.state(); opened != 3 {
-		t.Errorf("opened %d times, want 3", opened)
+	if st := b.state(); st.opened != 3 || st.reclosed != 1 {
+		t.Errorf("opened %d times and closed again %d, want 3 and 1", st.opened, st.reclosed)
 	}
 }
 
@@ -189,7 +189,7 @@ func TestBreakerAbandonedProbe(t *testing.T) {
 	if !b.allow() {
 		t.Fatal("an abandoned probe blocks the next one")
 	}
-	if closed, _ := b.state(); closed {
+	if st := b.state(); st.closed || st.reclosed != 0 {
 		t.Fatal("an abandoned probe closed the breaker")
 	}
 }

@@ -306,6 +306,11 @@ func TestRedisKilledDuringLoad(t *testing.T) {
 	sharedThroughRedis(t, next, a, b, "after restart")
 	// /health's figures are refreshed at most once per infoMaxAge.
 	waitFor(t, "b's stats to say connected after the restart", func() bool { return b.Stats().Distributed.Connected })
+	// a's breaker opened during the kill and, as a wrote the shared pair,
+	// a probe has closed it again.
+	if st := a.Stats().Distributed; st.BreakerClosed == 0 || st.BreakerClosed > st.BreakerOpened {
+		t.Errorf("a's stats after the restart = %+v; want the breaker closed again (breaker_closed ≥ 1, ≤ breaker_opened)", st)
+	}
 }
 
 func TestDeadRedisFailsOpen(t *testing.T) {

@@ -51,8 +51,12 @@ type DistributedStats struct {
 	Errors uint64 `json:"errors"`
 	// Skipped counts calls not made because the circuit breaker was open.
 	Skipped uint64 `json:"skipped"`
-	// BreakerOpened counts how often the circuit breaker opened.
+	// BreakerOpened counts how often the circuit breaker opened (a failed
+	// probe's reopening included).
 	BreakerOpened uint64 `json:"breaker_opened"`
+	// BreakerClosed counts how often a successful probe closed the circuit
+	// breaker again: Redis came back.
+	BreakerClosed uint64 `json:"breaker_closed"`
 	// BreakerOpen says the circuit breaker is open now (for /metrics; /health
 	// says it through connected).
 	BreakerOpen bool `json:"-"`
@@ -254,9 +258,9 @@ func (r *remote) call(ctx context.Context, fn func(ctx context.Context) error) e
 		return fmt.Errorf("cache: redis call abandoned: %w", ctx.Err())
 	}
 	r.errs.Add(1)
-	_, before := r.br.state()
+	before := r.br.state().opened
 	r.br.failure()
-	if closed, after := r.br.state(); !closed && after != before {
+	if after := r.br.state(); !after.closed && after.opened != before {
 		r.log.Warn("redis unavailable, answering from the local cache and the backend", "error", err)
 	}
 	return fmt.Errorf("cache: redis: %w", err)
@@ -405,15 +409,16 @@ func (r *remote) count(vals []string) {
 // once per infoMaxAge; a caller finding a refresh under way gets the last
 // figures rather than waiting.
 func (r *remote) stats() DistributedStats {
-	closed, opened := r.br.state()
+	br := r.br.state()
 	s := DistributedStats{
 		Enabled:       true,
 		Hits:          r.hits.Load(),
 		Misses:        r.misses.Load(),
 		Errors:        r.errs.Load(),
 		Skipped:       r.skipped.Load(),
-		BreakerOpened: opened,
-		BreakerOpen:   !closed,
+		BreakerOpened: br.opened,
+		BreakerClosed: br.reclosed,
+		BreakerOpen:   !br.closed,
 		LockWaits:     r.lockWaits.Load(),
 	}
 	if r.infoMu.TryLock() {
@@ -425,7 +430,7 @@ func (r *remote) stats() DistributedStats {
 	r.infoMu.Lock()
 	snap := r.infoSnap
 	r.infoMu.Unlock()
-	s.Connected = closed && snap.Connected
+	s.Connected = br.closed && snap.Connected
 	s.CachedEntries, s.KeyspaceHits, s.KeyspaceMisses = snap.CachedEntries, snap.KeyspaceHits, snap.KeyspaceMisses
 	return s
 }

@@ -230,6 +230,10 @@ type RedisState struct {
 	Skipped uint64
 	// BreakerOpen says the circuit breaker is open (Redis treated as down).
 	BreakerOpen bool
+	// BreakerOpened counts how often the circuit breaker opened.
+	BreakerOpened uint64
+	// BreakerClosed counts how often it closed again once Redis answered.
+	BreakerClosed uint64
 }
 
 // Model returns the series of the model name; its state is reported once
@@ -421,6 +425,10 @@ var (
 		"Redis calls not made because the circuit breaker was open.", []string{"model"}, nil)
 	descRedisBreaker = prometheus.NewDesc(namespace+"_redis_breaker_open",
 		"1 while the Redis circuit breaker is open (Redis treated as down), else 0.", []string{"model"}, nil)
+	descRedisOpened = prometheus.NewDesc(namespace+"_redis_breaker_opened_total",
+		"Times the Redis circuit breaker opened: after consecutive failed calls, or when a probe failed.", []string{"model"}, nil)
+	descRedisClosed = prometheus.NewDesc(namespace+"_redis_breaker_closed_total",
+		"Times the Redis circuit breaker closed again because a probe call succeeded.", []string{"model"}, nil)
 )
 
 // Describe sends nothing: the collector is unchecked, as its series come
@@ -460,6 +468,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(descRedisErrors, float64(s.Redis.Errors), name)
 			counter(descRedisSkipped, float64(s.Redis.Skipped), name)
 			gauge(descRedisBreaker, boolFloat(s.Redis.BreakerOpen), name)
+			counter(descRedisOpened, float64(s.Redis.BreakerOpened), name)
+			counter(descRedisClosed, float64(s.Redis.BreakerClosed), name)
 		}
 	}
 }

@@ -64,7 +64,7 @@ func TestSeries(t *testing.T) {
 		return ModelState{
 			Backend: "cpu", Precision: "fp32", Device: "cpu", Loaded: true, LoadDuration: 1500 * time.Millisecond,
 			Restarts: 2, PluginPID: os.Getpid(), QueuePairs: 7, QueueRequests: 2, InFlightBatches: 1,
-			Redis: &RedisState{Errors: 5, Skipped: 3, BreakerOpen: true},
+			Redis: &RedisState{Errors: 5, Skipped: 3, BreakerOpen: true, BreakerOpened: 2, BreakerClosed: 1},
 		}
 	})
 	want := `
@@ -109,6 +109,12 @@ rerank_redis_skipped_total{model="org/m"} 3
 # HELP rerank_redis_breaker_open 1 while the Redis circuit breaker is open (Redis treated as down), else 0.
 # TYPE rerank_redis_breaker_open gauge
 rerank_redis_breaker_open{model="org/m"} 1
+# HELP rerank_redis_breaker_opened_total Times the Redis circuit breaker opened: after consecutive failed calls, or when a probe failed.
+# TYPE rerank_redis_breaker_opened_total counter
+rerank_redis_breaker_opened_total{model="org/m"} 2
+# HELP rerank_redis_breaker_closed_total Times the Redis circuit breaker closed again because a probe call succeeded.
+# TYPE rerank_redis_breaker_closed_total counter
+rerank_redis_breaker_closed_total{model="org/m"} 1
 # HELP rerank_build_info Always 1; the version label is the server's version.
 # TYPE rerank_build_info gauge
 rerank_build_info{version="v1.2.3"} 1
@@ -116,7 +122,7 @@ rerank_build_info{version="v1.2.3"} 1
 	names := []string{"rerank_pairs_total", "rerank_tokens_total", "rerank_rejections_total", "rerank_queue_pairs",
 		"rerank_queue_requests", "rerank_batches_in_flight", "rerank_plugin_restarts_total", "rerank_model_loaded",
 		"rerank_model_load_duration_seconds", "rerank_redis_errors_total", "rerank_redis_skipped_total",
-		"rerank_redis_breaker_open", "rerank_build_info"}
+		"rerank_redis_breaker_open", "rerank_redis_breaker_opened_total", "rerank_redis_breaker_closed_total", "rerank_build_info"}
 	if err := testutil.GatherAndCompare(r.Gatherer(), strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
 	}
