@@ -142,7 +142,6 @@ func FromBytes(data []byte) (*Tokenizer, error) {
 		}
 		return lookup(s)
 	}
-	t.vocabSize = int(maxID + 1)
 
 	t.post = defaultPostProcessor()
 	if !isNull(f.PostProcessor) {
@@ -150,6 +149,17 @@ func FromBytes(data []byte) (*Tokenizer, error) {
 			return nil, err
 		}
 	}
+	// The post-processor's special tokens carry their own ids, which need
+	// not be in the vocabulary: VocabSize covers every id an encoding can
+	// hold, so that a model too small for them is refused at load.
+	for _, tmpl := range [][]templatePiece{t.post.single, t.post.pair} {
+		for _, p := range tmpl {
+			for _, id := range p.special {
+				maxID = max(maxID, int64(id))
+			}
+		}
+	}
+	t.vocabSize = int(maxID + 1)
 	return t, nil
 }
 
@@ -631,6 +641,24 @@ func parseTemplate(raw json.RawMessage) (postProcessor, error) {
 	pair, err := convert(p.Pair, "pair")
 	if err != nil {
 		return postProcessor{}, err
+	}
+	// Truncation budgets each sequence once: a template that repeats or
+	// drops one would make encodings longer than max_length (or lose a
+	// sequence), so it is refused.
+	count := func(tmpl []templatePiece, seqB bool) int {
+		n := 0
+		for _, x := range tmpl {
+			if x.special == nil && x.seqB == seqB {
+				n++
+			}
+		}
+		return n
+	}
+	if count(single, false) != 1 {
+		return postProcessor{}, fmt.Errorf("tokenizer: TemplateProcessing single template uses sequence A %d times (want once)", count(single, false))
+	}
+	if a, b := count(pair, false), count(pair, true); a != 1 || b != 1 {
+		return postProcessor{}, fmt.Errorf("tokenizer: TemplateProcessing pair template uses sequence A %d times and B %d times (want each once)", a, b)
 	}
 	return newPostProcessor(single, pair), nil
 }

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"unicode/utf8"
 
 	"golang.org/x/text/unicode/norm"
 )
@@ -306,43 +305,6 @@ func TestEncodePairAllocations(t *testing.T) {
 	f("xlmr_new", 5)
 }
 
-// FuzzEncodePair: never panics; the three slices have the same length, at
-// most max_length; the only encoding errors are ErrTooShort.
-func FuzzEncodePair(f *testing.F) {
-	toks := make([]*Tokenizer, len(goldenTok))
-	for i, name := range goldenTok {
-		toks[i] = loadTok(f, name)
-	}
-	f.Add("what is the capital of France?", "Paris is the capital.", uint16(16), uint8(0), uint8(0))
-	f.Add("", "", uint16(0), uint8(1), uint8(1))
-	f.Add("<mask> <s>x</s>", "[CLS] 東京\u200d👩‍💻", uint16(5), uint8(2), uint8(2))
-	f.Add("e\u0301\xff", strings.Repeat("ab ", 300), uint16(512), uint8(2), uint8(0))
-	strategies := []Truncation{LongestFirst, OnlyFirst, OnlySecond}
-	f.Fuzz(func(t *testing.T, q, d string, maxLen uint16, strategy, which uint8) {
-		tok := toks[int(which)%len(toks)]
-		opt := Options{MaxLength: int(maxLen % 1024), Truncation: strategies[int(strategy)%3]}
-		if opt.MaxLength > 0 && opt.MaxLength < tok.AddedTokens(true) {
-			opt.MaxLength = 0
-		}
-		e, err := tok.EncodePair(q, d, opt)
-		if err != nil {
-			if !errors.Is(err, ErrTooShort) || opt.Truncation == LongestFirst {
-				t.Fatalf("unexpected error %v", err)
-			}
-			return
-		}
-		if len(e.IDs) != len(e.TypeIDs) || len(e.IDs) != len(e.AttentionMask) {
-			t.Fatalf("lengths %d %d %d", len(e.IDs), len(e.TypeIDs), len(e.AttentionMask))
-		}
-		if opt.MaxLength > 0 && len(e.IDs) > opt.MaxLength {
-			t.Fatalf("%d tokens over max_length %d", len(e.IDs), opt.MaxLength)
-		}
-		if utf8.ValidString(q) && q != "" && len(e.IDs) < tok.AddedTokens(true) {
-			t.Fatalf("special tokens missing: %v", e.IDs)
-		}
-	})
-}
-
 // TestBertNormalizerRuneNFD checks the allocation-free, rune-by-rune NFD of
 // BertNormalizer against the plain algorithm (whole-text NFD, drop
 // non-spacing marks, lowercase), including texts where canonical
@@ -368,51 +330,6 @@ func TestBertNormalizerRuneNFD(t *testing.T) {
 			t.Fatalf("%q: got %q, want %q", s, got, want)
 		}
 	}
-}
-
-// FuzzFromBytes: loading any component JSON (patched into a real tokenizer)
-// never panics, and a tokenizer that loads encodes a pair without panicking.
-func FuzzFromBytes(f *testing.F) {
-	base, err := os.ReadFile(tokenizerPath("minilm"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	var doc map[string]json.RawMessage
-	if err := json.Unmarshal(base, &doc); err != nil {
-		f.Fatal(err)
-	}
-	keys := []string{"normalizer", "pre_tokenizer", "post_processor", "added_tokens"}
-	for _, v := range variants {
-		for i, k := range keys {
-			if p, ok := v.patch[k]; ok {
-				f.Add(uint8(i), p)
-			}
-		}
-	}
-	f.Add(uint8(1), `{"type":"Split","pattern":{"Regex":"[\\s\\d]+\\"},"behavior":"Isolated","invert":true}`)
-	f.Add(uint8(2), `{"type":"BertProcessing","sep":null,"cls":["x"]}`)
-	f.Fuzz(func(t *testing.T, which uint8, component string) {
-		if !json.Valid([]byte(component)) {
-			return
-		}
-		patched := make(map[string]json.RawMessage, len(doc))
-		for k, v := range doc {
-			patched[k] = v
-		}
-		patched[keys[int(which)%len(keys)]] = json.RawMessage(component)
-		data, err := json.Marshal(patched)
-		if err != nil {
-			return
-		}
-		tok, err := FromBytes(data)
-		if err != nil {
-			return
-		}
-		e, err := tok.EncodePair("Hello, [MASK] wörld! 東京 123", "  a b\tc ", Options{MaxLength: 16})
-		if err == nil && (len(e.IDs) != len(e.TypeIDs) || len(e.IDs) > 16) {
-			t.Fatalf("bad encoding %v %v", e.IDs, e.TypeIDs)
-		}
-	})
 }
 
 // TestMaxSecondLengthAndStrict checks the per-request options: the document

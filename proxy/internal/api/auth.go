@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"encoding/json"
 
 	"github.com/valyala/fasthttp"
 )
@@ -60,20 +61,16 @@ func writeAuthError(ctx *fasthttp.RequestCtx, path, msg string) {
 	switch {
 	case path == "/v2/rerank":
 		writeDialectError(ctx, cohereV2, code, msg)
-	case path == "/info" || (path == "/rerank" && hasMember(ctx.PostBody(), "texts")):
+	case path == "/info" || (path == "/rerank" && teiBody(ctx.PostBody())):
 		writeDialectError(ctx, tei, code, msg)
 	default:
 		writeDetail(ctx, code, msg)
 	}
 }
 
-// hasMember reports whether body is a JSON object with a top-level member
-// named name; anything it cannot read counts as no.
-func hasMember(body []byte, name string) bool {
-	found := false
-	eachTopLevelKey(body, func(key []byte) bool {
-		found = string(key) == name
-		return !found
-	})
-	return found
+// teiBody reports whether body is a TEI request (see isTEI), as the
+// decoder would read it; anything it cannot read is not.
+func teiBody(body []byte) bool {
+	var fields map[string]json.RawMessage
+	return json.Unmarshal(body, &fields) == nil && isTEI(fields)
 }

@@ -146,7 +146,7 @@ func decodeDialectBody(body []byte, dp *dialect) (*dialectRequest, error) {
 	}
 	if d == jina || d == tei {
 		d = jina
-		if raw, ok := fields["texts"]; ok && !isNull(raw) {
+		if isTEI(fields) {
 			d = tei
 		}
 		*dp = d
@@ -261,6 +261,13 @@ func decodeDialectBody(body []byte, dp *dialect) (*dialectRequest, error) {
 		}
 	}
 	return r, nil
+}
+
+// isTEI reports whether a POST /rerank body's members make it a TEI request
+// rather than a Jina one: a non-null "texts".
+func isTEI(fields map[string]json.RawMessage) bool {
+	raw, ok := fields["texts"]
+	return ok && !isNull(raw)
 }
 
 // scoreKind names what raw_scores asks for.

@@ -203,6 +203,9 @@ func (s *Server) writeDialectFailure(ctx *fasthttp.RequestCtx, d dialect, err er
 		ctx.Response.Header.Set("Retry-After", retryAfterSeconds)
 		writeDialectError(ctx, d, fasthttp.StatusTooManyRequests, "Server overloaded, retry later")
 	case errors.Is(err, sdk.ErrNotLoaded), errors.Is(err, sdk.ErrUnavailable):
+		// Loading, or no plugin could come up within the request's
+		// deadline: worth retrying shortly, as on the seed route.
+		ctx.Response.Header.Set("Retry-After", retryAfterSeconds)
 		writeDialectError(ctx, d, fasthttp.StatusServiceUnavailable, "Model not loaded")
 	case errors.Is(err, sdk.ErrInvalidInput):
 		writeDialectError(ctx, d, invalidCode, pluginMessage(err))
