@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // templateSeq returns, for an encoding laid out by template tmpl, the ids
@@ -445,6 +447,59 @@ func FuzzFromBytes(f *testing.F) {
 			if len(e.IDs) > 16 || len(e.IDs) < tok.AddedTokens(false) {
 				t.Fatalf("single of %d tokens, max_length 16, %d special", len(e.IDs), tok.AddedTokens(false))
 			}
+		}
+	})
+}
+
+// FuzzBertNormalizer compares BertNormalizer, which works byte by byte on
+// ASCII and rune by rune (with its own NFD) on the rest, with the plain
+// algorithm on the whole text: clean_text and handle_chinese_chars rune by
+// rune, then NFD of the whole text with the non-spacing marks dropped
+// (strip_accents), then lowercase; for every combination of the options.
+func FuzzBertNormalizer(f *testing.F) {
+	for _, s := range []string{"", "Héllo Wörld", "x\U0001D165\u0301\U0001D16D\u0300y", "ḗ\u0328 e\u0301\u0327 Ǻ",
+		"한국어 ᄀ 갃 힣", "Ω Å K ﬁ İ", "\u0F73\u0F75\u0F81", "a\x00b\x7f\u200bc\td\u3000e\xff", "東京は日本", "\u0345\u0300Σ"} {
+		f.Add(s, uint8(15))
+		f.Add(s, uint8(5))
+	}
+	f.Fuzz(func(t *testing.T, s string, flags uint8) {
+		n := &bertNormalizer{cleanText: flags&1 != 0, chinese: flags&2 != 0, stripAccents: flags&4 != 0, lowercase: flags&8 != 0}
+		var b []byte
+		for _, r := range s {
+			if n.cleanText {
+				if r == 0 || r == utf8.RuneError || isBertControl(r) {
+					continue
+				}
+				if isBertWhitespace(r) {
+					r = ' '
+				}
+			}
+			if n.chinese && isChineseChar(r) {
+				b = append(b, ' ')
+				b = utf8.AppendRune(b, r)
+				b = append(b, ' ')
+				continue
+			}
+			b = utf8.AppendRune(b, r)
+		}
+		if n.stripAccents {
+			var kept []byte
+			for _, r := range norm.NFD.String(string(b)) {
+				if !isNonspacingMark(r) {
+					kept = utf8.AppendRune(kept, r)
+				}
+			}
+			b = kept
+		}
+		if n.lowercase {
+			var lower []byte
+			for _, r := range string(b) {
+				lower = lowerAppend(lower, r)
+			}
+			b = lower
+		}
+		if got := n.normalize(s, new(scratch)); got != string(b) {
+			t.Fatalf("%+v: normalize(%+q) = %+q, want %+q", *n, s, got, b)
 		}
 	})
 }
