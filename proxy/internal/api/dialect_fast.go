@@ -198,17 +198,22 @@ func documentsBody(body []byte) bool {
 
 // eachTopLevelKey calls f with each top-level member name of the JSON
 // object in body, in order, skipping the values, until f returns false. It
-// reports whether it read the whole object, so false means f stopped it or
-// body is not an object it can read (invalid JSON, deep nesting).
+// reports whether it read the whole body, so false means f stopped it or
+// body is not an object it can read (invalid JSON, deep nesting, anything
+// after the object).
 func eachTopLevelKey(body []byte, f func(key []byte) bool) bool {
 	p := fastParser{b: body}
+	end := func() bool {
+		p.ws()
+		return p.i == len(p.b)
+	}
 	p.ws()
 	if !p.eat('{') {
 		return false
 	}
 	p.ws()
 	if p.eat('}') {
-		return true
+		return end()
 	}
 	for {
 		p.ws()
@@ -228,6 +233,6 @@ func eachTopLevelKey(body []byte, f func(key []byte) bool) bool {
 		if p.eat(',') {
 			continue
 		}
-		return p.eat('}')
+		return p.eat('}') && end()
 	}
 }
