@@ -97,6 +97,7 @@ type cacheHealth struct {
 		Skipped        uint64 `json:"skipped"`
 		BreakerOpened  uint64 `json:"breaker_opened"`
 		BreakerClosed  uint64 `json:"breaker_closed"`
+		LockWaits      uint64 `json:"lock_waits"`
 	} `json:"distributed_cache"`
 }
 

@@ -45,12 +45,15 @@ func startChaosRedisServer(t *testing.T, url string) *server {
 type breakerSeen struct {
 	opened, closed uint64
 	connected      bool
+	// lockWaits counts pairs the server waited for because their Redis
+	// lock was held.
+	lockWaits uint64
 }
 
 func (s *server) breaker(t *testing.T) breakerSeen {
 	t.Helper()
 	d := s.cacheHealth(t).Distributed
-	return breakerSeen{opened: d.BreakerOpened, closed: d.BreakerClosed, connected: d.Connected}
+	return breakerSeen{opened: d.BreakerOpened, closed: d.BreakerClosed, connected: d.Connected, lockWaits: d.LockWaits}
 }
 
 // waitBreaker polls /health until cond holds, failing t after
@@ -146,6 +149,9 @@ type redisChaos struct {
 	// opened and closed count the breaker's opens and closes during the
 	// run, as /health reports them.
 	opened, closed uint64
+	// lockWaits counts the pairs the server waited for because their
+	// Redis lock was held: with one server, locks it left behind itself.
+	lockWaits uint64
 	// end is the breaker once /health said Redis is connected again.
 	end breakerSeen
 }
@@ -181,17 +187,26 @@ func runRedisChaos(t *testing.T, s *server, set chaosSet, addr string, clients i
 	})
 	rc.end = s.waitBreaker(t, "/health to say Redis is connected", func(b breakerSeen) bool { return b.connected })
 	rc.opened, rc.closed = rc.end.opened-start.opened, rc.end.closed-start.closed
+	rc.lockWaits = rc.end.lockWaits - start.lockWaits
 	return rc
 }
 
 // check fails t unless every request was answered with the clean run's
-// scores, minFaults faults happened, /metrics agrees with /health on the
-// breaker, and Redis (at addr) holds scores again: the server uses it.
+// scores, minFaults faults happened, the server never waited for a lock,
+// /metrics agrees with /health on the breaker, and Redis (at addr) holds
+// scores again: the server uses it.
 func (rc *redisChaos) check(t *testing.T, s *server, addr string, deadline time.Duration, minFaults int) {
 	t.Helper()
 	rc.chaosOutcome.check(t, deadline)
 	if rc.faults < minFaults {
 		t.Fatalf("%d faults, want at least %d", rc.faults, minFaults)
+	}
+	// One server: every lock it met was its own, left behind by a call
+	// that timed out but that Redis carried out, or by a failed release;
+	// it must take those over, never wait for them (it did, before
+	// lockScript: up to half a request's deadline).
+	if rc.lockWaits != 0 {
+		t.Errorf("the server waited for %d pairs' locks that it had left behind itself", rc.lockWaits)
 	}
 	checkBreakerMetrics(t, s, rc.end)
 	if n := dbSize(t, addr); n == 0 {
@@ -250,8 +265,8 @@ func TestChaosRedisKill(t *testing.T) {
 		inject: rds.kill,
 		heal:   rds.start,
 	})
-	t.Logf("redis-server SIGKILLed %d times under %d clients for %v (down %s; L1 off, Redis timeout %v): %s; breaker opened %d and closed %d times; restart to breaker closed: %s",
-		rc.faults, clients, duration, durations(rc.held), chaosRedisTimeout, rc.summary(), rc.opened, rc.closed, durations(rc.recovered))
+	t.Logf("redis-server SIGKILLed %d times under %d clients for %v (down %s; L1 off, Redis timeout %v): %s; breaker opened %d and closed %d times; restart to breaker closed: %s; pairs that waited for a lock: %d",
+		rc.faults, clients, duration, durations(rc.held), chaosRedisTimeout, rc.summary(), rc.opened, rc.closed, durations(rc.recovered), rc.lockWaits)
 	if chaosLong() {
 		rc.compare(t, base)
 	}
@@ -415,9 +430,9 @@ func TestChaosRedisSlow(t *testing.T) {
 		},
 		heal: func() { dp.setDelay(0) },
 	})
-	t.Logf("Redis slowed (each chunk +%v, Redis timeout %v; L1 off) in %d windows (%s) under %d clients for %v, %d chunks delayed: %s; breaker opened %d and closed %d times; fast again to breaker closed: %s",
+	t.Logf("Redis slowed (each chunk +%v, Redis timeout %v; L1 off) in %d windows (%s) under %d clients for %v, %d chunks delayed: %s; breaker opened %d and closed %d times; fast again to breaker closed: %s; pairs that waited for a lock: %d",
 		slowDelay, chaosRedisTimeout, rc.faults, durations(rc.held), clients, duration, dp.delayed.Load(), rc.summary(),
-		rc.opened, rc.closed, durations(rc.recovered))
+		rc.opened, rc.closed, durations(rc.recovered), rc.lockWaits)
 	if chaosLong() {
 		rc.compare(t, base)
 	}

@@ -183,8 +183,10 @@ func TestStolenLockIsNotReleasedByNonOwner(t *testing.T) {
 	if err != nil || !got[0] {
 		t.Fatalf("first lockAndGet = %v, %v; want the lock", got, err)
 	}
-	other := r.newToken()
-	if got, _, err := r.lockAndGet(ctx, []string{k}, other); err != nil || got[0] {
+	// Another instance (a cache with its own token) does not get it.
+	r2 := newTestCache(t, testConfig(srv.url()), testIdentity, newCounting("m")).remote
+	other := r2.newToken()
+	if got, _, err := r2.lockAndGet(ctx, []string{k}, other); err != nil || got[0] {
 		t.Fatalf("second lockAndGet = %v, %v; want no lock while it is held", got, err)
 	}
 	// The owner's lock expires and another instance takes it.
@@ -237,6 +239,48 @@ func TestWaiterComputesWhenLockOwnerIsGone(t *testing.T) {
 	// The dead instance's locks are still its own.
 	if n := len(srv.keys(lockKeyPrefix + "*")); n != 2 {
 		t.Errorf("%d locks in Redis, want the dead instance's 2", n)
+	}
+}
+
+// TestOwnLeftoverLockIsTakenOver: a lock call that timed out here but that
+// a slow Redis carried out late leaves a lock with this cache's token that
+// nobody will release (the request computed its pairs without it). Within
+// one process a pair in flight is joined in memory, never through its Redis
+// lock, so the leader of a pair that meets a lock of its own cache's token
+// meets such a leftover: it must take the lock over, not wait for it as for
+// another instance's (which cost requests up to half their deadline in
+// TestChaosRedisSlow).
+func TestOwnLeftoverLockIsTakenOver(t *testing.T) {
+	srv := startRedis(t)
+	next := newCounting("m")
+	cfg := testConfig(srv.url())
+	cfg.Local.Enabled = false
+	c := newTestCache(t, cfg, testIdentity, next)
+	pairs := pairsOf("q", 0, 4)
+	rc := srv.client()
+	ctx := context.Background()
+	for i := range 2 {
+		rc.Set(ctx, lockKeyPrefix+redisKey(c.keyer.shared(pairs[i])), c.remote.newToken(), time.Minute)
+	}
+	// Waiting for the leftovers would take half of these 4 s, and then
+	// the pairs would be computed without their locks.
+	rctx, cancel := context.WithTimeout(ctx, 4*time.Second)
+	defer cancel()
+	got, err := c.Score(rctx, pairs)
+	if err != nil {
+		t.Fatalf("Score: %v", err)
+	}
+	checkScores(t, next, pairs, got)
+	checkScoredOnce(t, next, pairs)
+	if st := c.Stats().Distributed; st.LockWaits != 0 {
+		t.Errorf("lock waits = %d: the request waited for locks its own cache left behind", st.LockWaits)
+	}
+	// Taken over, the leftovers were released with the scores stored.
+	if n := len(srv.keys(lockKeyPrefix + "*")); n != 0 {
+		t.Errorf("%d locks left in Redis, want none", n)
+	}
+	if n := len(srv.keys(redisKeyPrefix + "*")); n != 4 {
+		t.Errorf("%d scores in Redis, want 4", n)
 	}
 }
 

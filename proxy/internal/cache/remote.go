@@ -30,6 +30,18 @@ const infoMaxAge = time.Second
 // another instance, can never delete someone else's lock.
 var releaseScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
 
+// lockScript takes a dedup lock for the token ARGV[1] with a time to live of
+// ARGV[3] milliseconds when the lock is free or held by a token starting
+// with ARGV[2], the taker's own cache: within one process a pair being
+// computed is joined in memory and never met through its Redis lock, so an
+// own lock its taker meets is a leftover nobody will release (a lock call
+// that timed out but that a slow Redis carried out late, or a release that
+// failed), not a computation to wait for. It returns 1 when taken.
+var lockScript = redis.NewScript(`local v = redis.call("GET", KEYS[1])
+if v and string.sub(v, 1, string.len(ARGV[2])) ~= ARGV[2] then return 0 end
+redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[3])
+return 1`)
+
 // DistributedStats is the "distributed_cache" section of /health.
 type DistributedStats struct {
 	// Enabled says whether the Redis cache is configured.
@@ -307,17 +319,21 @@ func (r *remote) pipeGet(ctx context.Context, keys, vals []string) error {
 	return nil
 }
 
-// lockAndGet tries to take the lock of each key for token and then reads
-// the keys, in one pipeline: a key whose lock we got but which has a value
-// was finished by another instance just before, so it must not be computed
-// again.
+// lockAndGet tries to take the lock of each key for token (see lockScript:
+// a lock this cache left behind is taken over) and then reads the keys, in
+// one pipeline: a key whose lock we got but which has a value was finished
+// by another instance just before, so it must not be computed again.
 func (r *remote) lockAndGet(ctx context.Context, keys []string, token string) (acquired []bool, vals []string, err error) {
 	acquired = make([]bool, len(keys))
 	vals = make([]string, len(keys))
+	own := r.token + ":"
+	ttl := r.lockTTL.Milliseconds()
 	err = r.call(ctx, func(ctx context.Context) error {
 		cmds, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, k := range keys {
-				p.SetNX(ctx, lockKeyPrefix+redisKey(k), token, r.lockTTL)
+				// Eval, not EvalSha: a restarted Redis has forgotten
+				// the script, and a pipeline cannot retry with its body.
+				lockScript.Eval(ctx, p, []string{lockKeyPrefix + redisKey(k)}, token, own, ttl)
 			}
 			if r.cluster {
 				for _, k := range keys {
@@ -332,7 +348,8 @@ func (r *remote) lockAndGet(ctx context.Context, keys []string, token string) (a
 			return err
 		}
 		for i := range keys {
-			acquired[i] = cmds[i].(*redis.BoolCmd).Val()
+			n, err := cmds[i].(*redis.Cmd).Int64()
+			acquired[i] = err == nil && n == 1
 		}
 		if r.cluster {
 			for i := range keys {
