@@ -93,9 +93,10 @@ func isPrefix(p, s []int32) bool { return len(p) <= len(s) && slices.Equal(p, s[
 //   - nothing is cut when the pair fits; otherwise the pair is exactly
 //     MaxLength long, only_first and only_second cut only their side (or
 //     fail with ErrTooShort exactly when that side is too short), and
-//     longest_first cuts the longer side first, halving the budget when
-//     both must be cut (the shorter side, the query on a tie, gets the
-//     smaller half);
+//     longest_first keeps the shorter side (the query on a tie) whole when
+//     it fills at most half of the budget and cuts the longer to the rest,
+//     and otherwise gives the shorter side the smaller half of the budget
+//     and the longer the larger;
 //   - Strict fails with ErrTooLong exactly when the pair does not fit, and
 //     options are refused only when MaxLength is below the special tokens;
 //   - the result does not change when the tokenizer encodes something else.
@@ -201,17 +202,21 @@ func FuzzEncodePair(f *testing.F) {
 					t.Fatalf("only_second cut the query: %d of %d", len(ta), len(a))
 				}
 			default:
-				switch {
-				case cutA && cutB:
-					short, long := len(ta), len(tb)
-					if len(a) > len(b0) {
-						short, long = long, short
-					}
-					if short != budget/2 || long != budget-budget/2 {
-						t.Fatalf("longest_first cut %d+%d to %d+%d, budget %d", len(a), len(b0), len(ta), len(tb), budget)
-					}
-				case cutA && len(ta) < len(tb), cutB && len(tb) < len(ta):
-					t.Fatalf("longest_first cut the shorter side: %d+%d to %d+%d", len(a), len(b0), len(ta), len(tb))
+				// The shorter side (the query on a tie) keeps all its
+				// tokens when they fill at most half of the budget, and the
+				// longer side gets the rest; otherwise the shorter side gets
+				// the smaller half and the longer the larger.
+				s, ts, tl := len(a), len(ta), len(tb)
+				if len(a) > len(b0) {
+					s, ts, tl = len(b0), tl, ts
+				}
+				wantS, wantL := s, budget-s
+				if 2*s > budget {
+					wantS, wantL = budget/2, budget-budget/2
+				}
+				if ts != wantS || tl != wantL {
+					t.Fatalf("longest_first cut %d+%d to %d+%d, budget %d: want the shorter side %d, the longer %d",
+						len(a), len(b0), len(ta), len(tb), budget, wantS, wantL)
 				}
 			}
 		}
