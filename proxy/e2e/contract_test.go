@@ -313,8 +313,8 @@ func TestTimeout(t *testing.T) {
 }
 
 // TestFailedLoad checks that a model the plugin cannot load, and a repo id
-// the hub cannot serve, keep /health at 503 with the reason, and rerank
-// requests at 503.
+// the hub does not have, keep /health at 503 "failed" with the reason and
+// final, after one attempt, and rerank requests at 503.
 func TestFailedLoad(t *testing.T) {
 	requireRuntime(t)
 	f := func(env []string, model, wantMsg string) {
@@ -323,6 +323,9 @@ func TestFailedLoad(t *testing.T) {
 		h, _ := s.waitHealth(t, "failed")
 		if !strings.Contains(h.Message, wantMsg) {
 			t.Fatalf("failed /health %+v does not say %q", h, wantMsg)
+		}
+		if h.Final == nil || !*h.Final || h.LoadAttempts != 1 || h.NextRetry != "" || !strings.Contains(h.LastError, wantMsg) {
+			t.Fatalf("failed /health %+v: want final after 1 attempt, no retry", h)
 		}
 		r := s.post(t, `{"query":"q","candidates":["a"]}`)
 		if r.code != http.StatusServiceUnavailable || string(r.body) != `{"detail":"Model not loaded"}` {
@@ -335,8 +338,10 @@ func TestFailedLoad(t *testing.T) {
 	broken := t.TempDir()
 	writeBrokenModel(t, broken)
 	f(nil, broken, "rerank-onnx-cpu cannot load")
-	// Nothing listens on port 1: the hub is unreachable.
-	f([]string{"HF_ENDPOINT=http://127.0.0.1:1"}, "org/not-cached", "org/not-cached")
+	// The hub has no such repo (404): final. (An unreachable hub is tried
+	// again: TestHubLoadIsRetried.)
+	hub := newModelHub(t, "org/tiny", modelDir(t, "tiny-bert"), 0)
+	f([]string{"HF_ENDPOINT=" + hub.url}, "org/not-there", "404")
 }
 
 // writeBrokenModel copies a real model dir's config and tokenizer next to

@@ -336,12 +336,18 @@ func (s *server) post(t testing.TB, body string) reply {
 
 // health is GET /health's body.
 type health struct {
-	Status  string          `json:"status"`
-	Device  string          `json:"device"`
-	Model   string          `json:"model"`
-	Message string          `json:"message"`
-	Warning string          `json:"warning"`
-	Backend json.RawMessage `json:"backend"`
+	Status  string `json:"status"`
+	Device  string `json:"device"`
+	Model   string `json:"model"`
+	Message string `json:"message"`
+	Warning string `json:"warning"`
+	// Final, LoadAttempts, LastError and NextRetry say, while the model
+	// is not ready after a failed load, whether it is tried again.
+	Final        *bool           `json:"final"`
+	LoadAttempts int             `json:"load_attempts"`
+	LastError    string          `json:"last_error"`
+	NextRetry    string          `json:"next_retry"`
+	Backend      json.RawMessage `json:"backend"`
 	// ModelInfo is what the plugin loaded: name, precision, quantization,
 	// source, backend, device.
 	ModelInfo map[string]any `json:"model_info"`

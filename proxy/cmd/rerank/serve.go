@@ -398,7 +398,8 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 		Service: svc,
 		Status: func() api.Status {
 			st := def.Status()
-			return api.Status{Ready: st.Ready, Failed: st.State == models.Failed, Message: st.Message, Device: st.Device}
+			return api.Status{Ready: st.Ready, Failed: st.State == models.Failed, Message: st.Message, Device: st.Device,
+				LoadAttempts: st.LoadAttempts, LastError: st.LastError, NextRetry: st.NextRetry}
 		},
 		Models:         registry.Statuses,
 		Version:        version,

@@ -40,6 +40,13 @@ type Status struct {
 	Message string
 	// Device is where inference runs or will run: cpu, cuda or coreml.
 	Device string
+	// LoadAttempts counts the failed load attempts since the last
+	// successful load, LastError is the last one's error, and NextRetry
+	// when the next one starts (zero when none is planned: loading, or
+	// Failed, which is final).
+	LoadAttempts int
+	LastError    string
+	NextRetry    time.Time
 }
 
 // Config configures a Server.
@@ -399,6 +406,22 @@ func (s *Server) health(ctx *fasthttp.RequestCtx, _ *exchange) {
 		b = append(b, `,"message":`...)
 		b = appendJSON(b, st.Message)
 	}
+	if !st.Ready && (st.LoadAttempts > 0 || st.Failed) {
+		// Which it is: a failure being retried (loading, next_retry) or
+		// a final one (failed, final: true).
+		b = append(b, `,"final":`...)
+		b = strconv.AppendBool(b, st.Failed)
+		b = append(b, `,"load_attempts":`...)
+		b = strconv.AppendInt(b, int64(st.LoadAttempts), 10)
+		if st.LastError != "" {
+			b = append(b, `,"last_error":`...)
+			b = appendJSON(b, st.LastError)
+		}
+		if !st.NextRetry.IsZero() {
+			b = append(b, `,"next_retry":`...)
+			b = appendJSON(b, st.NextRetry.UTC().Format(time.RFC3339Nano))
+		}
+	}
 	if s.cfg.Warning != "" {
 		b = append(b, `,"warning":`...)
 		b = appendJSON(b, s.cfg.Warning)
@@ -438,6 +461,14 @@ type modelEntry struct {
 	KeepAlive string `json:"keep_alive"`
 	Loads     int    `json:"loads"`
 	Restarts  int    `json:"restarts"`
+	// LoadAttempts, LastError and NextRetry describe failed loads since
+	// the last successful one (a retry planned at NextRetry, RFC 3339);
+	// Final says the failure is for good. All are left out when none
+	// failed.
+	LoadAttempts int    `json:"load_attempts,omitempty"`
+	LastError    string `json:"last_error,omitempty"`
+	NextRetry    string `json:"next_retry,omitempty"`
+	Final        bool   `json:"final,omitempty"`
 }
 
 // ownedBy is every model's owned_by: OpenAI's field names the organisation
@@ -459,6 +490,10 @@ func modelEntries(ms []models.Status) []modelEntry {
 			ID: m.Name, Object: "model", Created: m.Created.Unix(), OwnedBy: ownedBy, Aliases: aliases, Default: m.Default,
 			State: string(m.State), Message: m.Message, Backend: m.Backend, Precision: string(m.Precision), Device: m.Device,
 			MaxLength: m.MaxLength, ResidentMemoryBytes: m.ResidentBytes, KeepAlive: keep, Loads: m.Loads, Restarts: m.Restarts,
+			LoadAttempts: m.LoadAttempts, LastError: m.LastError, Final: m.Final,
+		}
+		if !m.NextRetry.IsZero() {
+			out[i].NextRetry = m.NextRetry.UTC().Format(time.RFC3339Nano)
 		}
 	}
 	return out

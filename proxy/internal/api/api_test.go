@@ -335,8 +335,13 @@ func TestHealth(t *testing.T) {
 	st.Store(&Status{Ready: true, Device: "cpu"})
 	hits.Store(3)
 	f(200, `{"status":"ok","device":"cpu","model":"org/test-model",`+warn+`,"backend":{"pairs_scored":7},`+httpStats+`,"local_cache":{"hits":3}}`)
-	st.Store(&Status{Failed: true, Device: "cuda", Message: "onnx-cuda: libcudart.so.13 not found"})
-	f(503, `{"status":"failed","device":"cuda","model":"org/test-model","message":"onnx-cuda: libcudart.so.13 not found",`+warn+`,"backend":{"pairs_scored":7},`+httpStats+`,"local_cache":{"hits":3}}`)
+	st.Store(&Status{Failed: true, Device: "cuda", Message: "onnx-cuda: libcudart.so.13 not found", LoadAttempts: 1, LastError: "onnx-cuda: libcudart.so.13 not found"})
+	f(503, `{"status":"failed","device":"cuda","model":"org/test-model","message":"onnx-cuda: libcudart.so.13 not found",`+
+		`"final":true,"load_attempts":1,"last_error":"onnx-cuda: libcudart.so.13 not found",`+warn+`,"backend":{"pairs_scored":7},`+httpStats+`,"local_cache":{"hits":3}}`)
+	// A load failure being retried: loading, not final, when it is next tried.
+	st.Store(&Status{Device: "cpu", Message: "load attempt 2 failed…", LoadAttempts: 2, LastError: "hub: 503", NextRetry: time.Date(2026, 12, 2, 7, 0, 1, 500e6, time.UTC)})
+	f(503, `{"status":"loading","device":"cpu","model":"org/test-model","message":"load attempt 2 failed…",`+
+		`"final":false,"load_attempts":2,"last_error":"hub: 503","next_retry":"2026-12-02T07:00:01.5Z",`+warn+`,"backend":{"pairs_scored":7},`+httpStats+`,"local_cache":{"hits":3}}`)
 }
 
 func TestModels(t *testing.T) {
@@ -345,7 +350,7 @@ func TestModels(t *testing.T) {
 		{Name: "org/a", Aliases: []string{"a"}, Default: true, State: models.Loaded, Ready: true, Backend: "onnx-cpu",
 			Precision: "int8", Device: "cpu", MaxLength: 512, ResidentBytes: 123456, KeepAlive: 5 * time.Minute, Created: created, Loads: 2},
 		{Name: "b", State: models.Failed, Message: "no such model", Backend: "onnx-cuda", Precision: "fp16", Device: "cuda",
-			MaxLength: 256, KeepAlive: models.Never, Created: created},
+			MaxLength: 256, KeepAlive: models.Never, Created: created, LoadAttempts: 1, LastError: "no such model", Final: true},
 	}
 	c := testServer(t, Config{Models: func() []models.Status { return list }})
 	r := do(t, c, "GET", "/v1/models", "")
@@ -353,7 +358,8 @@ func TestModels(t *testing.T) {
 		`{"id":"org/a","object":"model","created":1700000000,"owned_by":"rerank-server","aliases":["a"],"default":true,"state":"loaded",` +
 		`"backend":"onnx-cpu","precision":"int8","device":"cpu","max_length":512,"resident_memory_bytes":123456,"keep_alive":"5m0s","loads":2,"restarts":0},` +
 		`{"id":"b","object":"model","created":1700000000,"owned_by":"rerank-server","aliases":[],"default":false,"state":"failed","message":"no such model",` +
-		`"backend":"onnx-cuda","precision":"fp16","device":"cuda","max_length":256,"resident_memory_bytes":0,"keep_alive":"never","loads":0,"restarts":0}]}`
+		`"backend":"onnx-cuda","precision":"fp16","device":"cuda","max_length":256,"resident_memory_bytes":0,"keep_alive":"never","loads":0,"restarts":0,` +
+		`"load_attempts":1,"last_error":"no such model","final":true}]}`
 	if r.code != 200 || r.body != want || r.header.Get("Content-Type") != "application/json" {
 		t.Fatalf("GET /v1/models:\n got %d %s\nwant 200 %s", r.code, r.body, want)
 	}

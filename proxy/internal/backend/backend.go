@@ -263,7 +263,14 @@ func launch(ctx context.Context, dir, kind string, cfg Config, logger hclog.Logg
 	}
 	rpc, err := client.Client()
 	if err != nil {
-		return fail(fmt.Errorf("backend: cannot start %s: %w", path, err))
+		err = fmt.Errorf("backend: cannot start %s: %w", path, err)
+		if !client.Exited() {
+			// Alive but no handshake within go-plugin's start timeout: a
+			// machine too busy to start it in time, not a broken binary
+			// (which exits: a missing library, a foreign executable).
+			err = &transientError{err}
+		}
+		return fail(err)
 	}
 	raw, err := rpc.Dispense(sdk.PluginName)
 	if err != nil {
@@ -280,7 +287,13 @@ func launch(ctx context.Context, dir, kind string, cfg Config, logger hclog.Logg
 	}
 	info, err := b.Load(ctx, load)
 	if err != nil {
-		return fail(fmt.Errorf("backend: %s cannot load %s: %w", name, cfg.Load.ModelDir, err))
+		err = fmt.Errorf("backend: %s cannot load %s: %w", name, cfg.Load.ModelDir, err)
+		if errors.Is(err, sdk.ErrUnavailable) && !answers(ctx, b) {
+			// The process died while loading (killed, out of memory):
+			// the connection broke, which gRPC reports as unavailable.
+			err = &transientError{fmt.Errorf("%w (the plugin process died while loading)", err)}
+		}
+		return fail(err)
 	}
 	if info.SDKMinorVersion != sdk.MinorVersion {
 		logger.Info("plugin speaks another minor protocol version", "plugin", name, "plugin_minor", info.SDKMinorVersion, "proxy_minor", sdk.MinorVersion)
@@ -309,6 +322,27 @@ func launch(ctx context.Context, dir, kind string, cfg Config, logger hclog.Logg
 		"load_time", time.Since(start).Round(time.Millisecond))
 	go p.watch()
 	return p, nil
+}
+
+// transientError is a launch that failed for a reason starting again may
+// cure: the plugin process died while loading, or did not answer the
+// handshake in time. The models package retries it (its Transient method).
+type transientError struct{ err error }
+
+func (e *transientError) Error() string   { return e.err.Error() }
+func (e *transientError) Unwrap() error   { return e.err }
+func (e *transientError) Transient() bool { return true }
+
+// answers reports whether the plugin still answers a health check after a
+// failed load: a plugin that refused the load answers at once, one whose
+// process died while loading cannot (its connection is gone).
+func answers(ctx context.Context, b sdk.Backend) bool {
+	// 5 s: a living plugin answers in microseconds, a loaded machine may
+	// delay it by seconds; a dead one fails at once.
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := b.Health(ctx)
+	return err == nil
 }
 
 // Kind is the backend kind running (never auto).

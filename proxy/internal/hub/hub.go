@@ -46,6 +46,33 @@ var ErrChecksum = errors.New("hub: checksum mismatch")
 // resume.
 var ErrStalled = errors.New("hub: download stalled")
 
+// StatusError is an HTTP answer from the hub other than success: its code
+// says whether trying again later may succeed (Transient).
+type StatusError struct {
+	// What names the request: "list acme/model@main", "download onnx/model.onnx".
+	What string
+	// Code is the HTTP status code; Status the status line.
+	Code   int
+	Status string
+}
+
+func (e *StatusError) Error() string { return fmt.Sprintf("hub: cannot %s: %s", e.What, e.Status) }
+
+// Transient reports whether the same request may succeed later: a timeout
+// (408), a rate limit (429) or a server-side failure (5xx, except 501 and
+// 505, which say the server will never serve it). 401, 403 and 404 (a
+// gated, private, misspelled or missing repo) stay as they are until a
+// person changes something.
+func (e *StatusError) Transient() bool {
+	switch e.Code {
+	case http.StatusRequestTimeout, http.StatusTooManyRequests:
+		return true
+	case http.StatusNotImplemented, http.StatusHTTPVersionNotSupported:
+		return false
+	}
+	return e.Code >= 500 && e.Code <= 599
+}
+
 // Defaults of the download's stall handling (see Client).
 const (
 	// DefaultIdleTimeout is how long a download may receive nothing before
@@ -190,7 +217,7 @@ func (c *Client) List(ctx context.Context, id, revision string) ([]File, error) 
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("hub: cannot list %s@%s: %s", id, revision, resp.Status)
+		return nil, &StatusError{What: "list " + id + "@" + revision, Code: resp.StatusCode, Status: resp.Status}
 	}
 	var entries []treeEntry
 	// The listing of a model repo is small; 16 MiB bounds a hostile answer.
@@ -350,7 +377,7 @@ func writeMarker(dir, id, revision string, files []File) error {
 
 // offline wraps a failed listing into ErrOffline with the manual steps.
 func (c *Client) offline(id, revision string, cause error) error {
-	return fmt.Errorf("%w: %s is not in %s and the hub at %s cannot be reached (%v); "+
+	return fmt.Errorf("%w: %s is not in %s and the hub at %s cannot be reached (%w); "+
 		"put config.json, tokenizer.json and onnx/model.onnx (or model.safetensors) of %s into %s, "+
 		"or pass --model with a local model dir",
 		ErrOffline, id, c.CacheDir, c.Endpoint, cause, id, c.Dir(id, revision))
@@ -410,6 +437,10 @@ func (e *interruptedError) Error() string {
 
 func (e *interruptedError) Unwrap() error { return e.err }
 
+// Transient says trying again may succeed: the connection, not the file,
+// failed, and the next attempt resumes.
+func (e *interruptedError) Transient() bool { return true }
+
 // idleReader cancels its request when a Read returns nothing for timeout:
 // the transport's timeouts cover the connection and the response header,
 // not a body that stops arriving.
@@ -446,6 +477,7 @@ func (c *Client) fetch(ctx context.Context, id, revision, dir string, f File) er
 	if st, err := os.Stat(part); err == nil && st.Size() <= f.Size {
 		have = st.Size()
 	}
+	resumed := have > 0
 	if have < f.Size || f.Size == 0 {
 		u := fmt.Sprintf("%s/%s/resolve/%s/%s", c.Endpoint, id, url.PathEscape(revision), f.Path)
 		idle := c.IdleTimeout
@@ -478,12 +510,12 @@ func (c *Client) fetch(ctx context.Context, id, revision, dir string, f File) er
 			flags |= os.O_APPEND
 		case http.StatusOK:
 			flags |= os.O_TRUNC
-			have = 0
+			have, resumed = 0, false
 		case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 			// The hub or a proxy in front of it is busy: worth another try.
 			return &interruptedError{path: f.Path, err: errors.New(resp.Status)}
 		default:
-			return fmt.Errorf("hub: cannot download %s: %s", f.Path, resp.Status)
+			return &StatusError{What: "download " + f.Path, Code: resp.StatusCode, Status: resp.Status}
 		}
 		out, err := os.OpenFile(part, flags, 0o644)
 		if err != nil {
@@ -513,6 +545,12 @@ func (c *Client) fetch(ctx context.Context, id, revision, dir string, f File) er
 	}
 	if err := verify(part, f); err != nil {
 		os.Remove(part)
+		if resumed {
+			// The bytes kept from an earlier attempt may be the bad ones:
+			// one fresh download decides. A mismatch after a fresh one is
+			// final: the hub serves bytes that are not its listed file.
+			return &interruptedError{path: f.Path, err: err}
+		}
 		return err
 	}
 	if err := os.Rename(part, dst); err != nil {

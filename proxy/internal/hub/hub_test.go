@@ -419,3 +419,56 @@ func TestPullFailsAfterRepeatedStalls(t *testing.T) {
 		t.Fatalf("partial file not kept across attempts: %v", err)
 	}
 }
+
+// A checksum mismatch of a resumed download is tried once more from
+// scratch (the kept partial bytes may be the bad ones); a mismatch after a
+// fresh download is final (TestPullRejectsChecksumMismatch).
+func TestResumedChecksumMismatchDownloadsAfresh(t *testing.T) {
+	h, srv := newFakeHub(t)
+	c := newTestClient(srv, t.TempDir())
+	c.RetryDelay = time.Millisecond
+	dir := c.Dir(h.repo, "main")
+	if err := os.MkdirAll(filepath.Join(dir, "onnx"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "onnx", "model.onnx.part"), []byte("garbage left by an earlier attempt"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Pull(context.Background(), h.repo, "main"); err != nil {
+		t.Fatalf("pull over a bad partial file: %v", err)
+	}
+	got, _ := os.ReadFile(filepath.Join(dir, "onnx", "model.onnx"))
+	if !bytes.Equal(got, h.files["onnx/model.onnx"]) {
+		t.Fatal("the file differs from the hub's")
+	}
+}
+
+// The hub's HTTP answers say whether trying again later may help.
+func TestStatusErrorTransient(t *testing.T) {
+	f := func(code int, want bool) {
+		t.Helper()
+		if got := (&StatusError{Code: code}).Transient(); got != want {
+			t.Fatalf("%d: Transient() = %v, want %v", code, got, want)
+		}
+	}
+	f(http.StatusServiceUnavailable, true)
+	f(http.StatusBadGateway, true)
+	f(http.StatusInternalServerError, true)
+	f(http.StatusGatewayTimeout, true)
+	f(http.StatusTooManyRequests, true)
+	f(http.StatusRequestTimeout, true)
+	f(http.StatusNotImplemented, false)
+	f(http.StatusNotFound, false)
+	f(http.StatusUnauthorized, false)
+	f(http.StatusForbidden, false)
+	f(http.StatusBadRequest, false)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "busy", http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	_, err := newTestClient(srv, t.TempDir()).Pull(context.Background(), "org/model", "main")
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusServiceUnavailable || !errors.Is(err, ErrOffline) {
+		t.Fatalf("listing answered 503: %v", err)
+	}
+}

@@ -84,8 +84,10 @@ type Config struct {
 	Logger hclog.Logger
 	// RestartDelay is the first wait before restarting a plugin that died
 	// within RestartDelay of its load (one that ran longer is restarted at
-	// once); it doubles on each failed restart up to MaxRestartDelay. 0
-	// means 1s.
+	// once); it doubles on each failed restart up to MaxRestartDelay. It is
+	// also the first wait before trying again a load that failed with a
+	// transient error (see Transient), doubling, with jitter, up to
+	// MaxRestartDelay. 0 means 1s.
 	RestartDelay time.Duration
 	// MaxRestartDelay caps RestartDelay; 0 means 30s.
 	MaxRestartDelay time.Duration
@@ -366,6 +368,12 @@ type Model struct {
 	idle      *time.Timer
 	idleGen   uint64
 	nextDelay time.Duration
+	// failures counts the failed load attempts since the last success;
+	// lastErr is the last one's error, nextRetry when the next attempt
+	// starts while one waits.
+	failures  int
+	lastErr   string
+	nextRetry time.Time
 	loads     int
 	restarts  int
 	// loadDuration is how long the last successful load took.
@@ -546,6 +554,7 @@ func (m *Model) load(done chan struct{}, delay time.Duration) {
 	}
 	m.mu.Lock()
 	closing := m.closing
+	m.nextRetry = time.Time{}
 	m.mu.Unlock()
 	if closing != nil && err == nil {
 		// The previous plugin is still stopping: its memory must be back
@@ -587,22 +596,40 @@ func (m *Model) load(done chan struct{}, delay time.Duration) {
 			m.state, m.message = Unloaded, "the server is shutting down"
 			return
 		}
+		m.failures++
+		m.lastErr = err.Error()
 		if m.restart {
+			// The model loaded before: whatever failed now may pass.
 			delay := m.nextDelay
 			m.nextDelay = min(max(2*delay, m.reg.cfg.RestartDelay), m.reg.cfg.MaxRestartDelay)
 			m.restarts++
+			m.nextRetry = time.Now().Add(delay)
 			m.message = err.Error() + "; restarting in " + delay.String()
-			m.logger.Error("plugin restart failed; trying again", "error", err, "delay", delay)
+			m.logger.Error("plugin restart failed; trying again", "error", err, "delay", delay, "attempts", m.failures)
 			m.startLoadLocked(true, delay, true)
 			return
 		}
+		if Transient(err) {
+			// Requests are refused (503, Retry-After) until it loads,
+			// rather than each waiting out its deadline for a retry.
+			delay := m.reg.loadRetryDelay(m.failures)
+			m.nextRetry = time.Now().Add(delay)
+			m.logger.Warn("model load failed; trying again", "error", err, "attempts", m.failures, "delay", delay.Round(time.Millisecond))
+			m.startLoadLocked(false, delay, false)
+			// (after startLoadLocked, which sets its own message)
+			m.message = fmt.Sprintf("load attempt %d failed with an error that may pass; trying again in %v: %v",
+				m.failures, delay.Round(time.Millisecond), err)
+			return
+		}
 		m.state, m.message = Failed, err.Error()
-		m.logger.Error("model load failed: requests for it are answered 503 until the server restarts", "error", err)
+		m.logger.Error("model load failed for good (trying again cannot help): requests for it are answered 503 until the server restarts",
+			"error", err, "attempts", m.failures)
 		return
 	}
 	info := p.Info()
 	m.cur, m.info, m.kind, m.loadDuration = pipe, &info, p.Kind(), p.LoadDuration()
 	m.state, m.message = Loaded, ""
+	m.failures, m.lastErr = 0, ""
 	m.loads++
 	m.nextDelay = m.reg.cfg.RestartDelay
 	m.lastUsed, m.loadedAt = time.Now(), time.Now()

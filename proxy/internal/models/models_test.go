@@ -66,12 +66,17 @@ type launcher struct {
 	launches map[string]int
 	plugins  map[string][]*fakePlugin
 	fail     map[string]error
-	gate     chan struct{} // when set, a launch waits for it
-	revision string
+	// failFirst, when set for a model, is how many of its launches fail
+	// with fail's error before they succeed.
+	failFirst map[string]int
+	attempts  map[string]int
+	gate      chan struct{} // when set, a launch waits for it
+	revision  string
 }
 
 func newLauncher() *launcher {
-	return &launcher{launches: map[string]int{}, plugins: map[string][]*fakePlugin{}, fail: map[string]error{}, revision: "r1"}
+	return &launcher{launches: map[string]int{}, plugins: map[string][]*fakePlugin{}, fail: map[string]error{},
+		failFirst: map[string]int{}, attempts: map[string]int{}, revision: "r1"}
 }
 
 func (l *launcher) launch(ctx context.Context, cfg backend.Config) (plugin, error) {
@@ -85,6 +90,12 @@ func (l *launcher) launch(ctx context.Context, cfg backend.Config) (plugin, erro
 			return nil, ctx.Err()
 		}
 	}
+	l.mu.Lock()
+	l.attempts[cfg.Load.ModelName]++
+	if n, ok := l.failFirst[cfg.Load.ModelName]; ok && l.attempts[cfg.Load.ModelName] > n {
+		err = nil
+	}
+	l.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}

@@ -26,6 +26,19 @@ type Status struct {
 	Ready bool
 	// Message says why the model is not loaded, for example a load error.
 	Message string
+	// LoadAttempts counts the failed attempts to load the model since its
+	// last successful load; 0 when none failed.
+	LoadAttempts int
+	// LastError is the error of the last failed attempt, empty when none
+	// failed since the last successful load.
+	LastError string
+	// NextRetry is when the next attempt starts, while a load that failed
+	// with an error that may pass (Transient) or a restart waits to be
+	// tried again; zero otherwise.
+	NextRetry time.Time
+	// Final says the load failed with an error that trying again cannot
+	// cure: the model is failed until the server restarts.
+	Final bool
 	// Kind is the backend kind: the one running or last run (never auto)
 	// once loaded, else the configured one.
 	Kind string
@@ -73,6 +86,7 @@ func (m *Model) Status() Status {
 		Precision: m.spec.Backend.Load.Precision, MaxLength: m.spec.Backend.Load.MaxLength,
 		KeepAlive: m.spec.KeepAlive, LastUsed: m.lastUsed, Created: m.created,
 		Loads: m.loads, Restarts: m.restarts, LoadDuration: m.loadDuration,
+		LoadAttempts: m.failures, LastError: m.lastErr, NextRetry: m.nextRetry, Final: m.state == Failed,
 	}
 	if m.kind != "" {
 		st.Kind, st.Device = m.kind, m.kind
