@@ -49,8 +49,10 @@ var loadRoutes = []loadRoute{
 		},
 	},
 	{
-		path:     "/v2/rerank",
-		body:     func(q string, d []string) map[string]any { return map[string]any{"model": "tiny-bert", "query": q, "documents": d} },
+		path: "/v2/rerank",
+		body: func(q string, d []string) map[string]any {
+			return map[string]any{"model": "tiny-bert", "query": q, "documents": d}
+		},
 		scoreKey: "relevance_score",
 		overloaded: func(b []byte) error {
 			var v struct {
