@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -229,10 +230,19 @@ func (s *syncBuffer) String() string {
 // returns as soon as it accepts connections (the model may still load).
 func startServer(t testing.TB, env []string, args ...string) *server {
 	t.Helper()
+	return startServerUnder(t, nil, env, args...)
+}
+
+// startServerUnder is startServer with `rerank serve` run by prefix, a
+// command that execs it (for example nsenter into a mount namespace), when
+// prefix is not empty: the server's pid is still the command's.
+func startServerUnder(t testing.TB, prefix []string, env []string, args ...string) *server {
+	t.Helper()
 	requireRuntime(t)
 	port := freePort(t)
 	args = append([]string{"serve", "--host", "127.0.0.1", "--port", strconv.Itoa(port)}, args...)
-	cmd := exec.Command(filepath.Join(binDir, "rerank"), args...)
+	argv := append(append(slices.Clone(prefix), filepath.Join(binDir, "rerank")), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(),
 		"RERANK_ORT_LIB_DIR="+ortLibDir,
 		"RERANK_PLUGIN_DIR="+binDir,

@@ -183,6 +183,12 @@ func writeFileAtomic(path string, write func(io.Writer) error) error {
 		f.Close()
 		return fmt.Errorf("onnx: write %s: %w", path, err)
 	}
+	// On the disk before the rename makes it visible: a crash or power
+	// loss must not leave a renamed but empty or truncated file.
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("onnx: write %s: %w", path, err)
+	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("onnx: write %s: %w", path, err)
 	}

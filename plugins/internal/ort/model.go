@@ -33,6 +33,9 @@ type modelFile struct {
 	// Details are facts for ModelInfo.Details: the variant file used, the
 	// conversion cache entry, what a conversion did.
 	Details map[string]string
+	// inspected is what inspect found, once it has run: a second call
+	// returns it without reading the files again.
+	inspected *graphIO
 }
 
 // onnxCandidates are the model files looked for, in order, relative to the
@@ -89,6 +92,17 @@ func resolveModel(cfg sdk.LoadConfig, p Provider) (modelFile, error) {
 // declared inputs and outputs. New weights behind an unchanged graph are a
 // new revision, so nothing keyed on it (the score cache) outlives them.
 func (m *modelFile) inspect() (graphIO, error) {
+	if m.inspected != nil {
+		return *m.inspected, nil
+	}
+	gio, err := m.readIdentity()
+	if err == nil {
+		m.inspected = &gio
+	}
+	return gio, err
+}
+
+func (m *modelFile) readIdentity() (graphIO, error) {
 	f, err := os.Open(m.Path)
 	if err != nil {
 		return graphIO{}, fmt.Errorf("ort: cannot open model file: %w", err)

@@ -228,8 +228,20 @@ func convertedModel(cfg sdk.LoadConfig, src sourceModel, p sdk.Precision) (model
 	mf.Details["source_file"] = src.files[0]
 	mf.Details["conversion_cache"] = dir
 	if ok, _ := isFile(mf.Path); ok {
-		mf.Details["conversion"] = "cache hit"
-		return mf, nil
+		err := verifyCached(&mf)
+		if err == nil {
+			mf.Details["conversion"] = "cache hit"
+			return mf, nil
+		}
+		// An entry whose files do not hash to the identity recorded
+		// when it was written (truncated or damaged on disk, or written
+		// before identities were recorded) is never loaded: it is
+		// removed and converted again.
+		if rerr := os.RemoveAll(dir); rerr != nil {
+			return modelFile{}, fmt.Errorf("ort: cannot remove the damaged conversion cache entry %s (%v): %w", dir, err, rerr)
+		}
+		mf = modelFile{Path: mf.Path, Precision: mf.Precision, Quantization: mf.Quantization, Source: mf.Source, Details: mf.Details}
+		mf.Details["rebuilt"] = err.Error()
 	}
 	// The conversion's live memory is the source model plus what it
 	// becomes; the garbage between them (each weight's float copy, the
@@ -377,6 +389,16 @@ func writeCached(root, key string, m *onnxpb.ModelProto) (err error) {
 	if err := onnx.WriteModel(filepath.Join(tmp, "model.onnx"), m, onnx.WriteOptions{}); err != nil {
 		return fmt.Errorf("ort: cannot write the converted model: %w", err)
 	}
+	// The identity of what was written, read back, is recorded beside it:
+	// a later load checks the entry against it (verifyCached).
+	written := modelFile{Path: filepath.Join(tmp, "model.onnx")}
+	if _, err := written.inspect(); err != nil {
+		return fmt.Errorf("ort: cannot read back the converted model: %w", err)
+	}
+	if err := writeSynced(filepath.Join(tmp, identityFile), []byte(written.Revision+"\n")); err != nil {
+		return fmt.Errorf("ort: cannot write the converted model: %w", err)
+	}
+	syncDir(tmp)
 	final := filepath.Join(root, key)
 	if err := os.Rename(tmp, final); err != nil {
 		if ok, _ := isFile(filepath.Join(final, "model.onnx")); ok {
@@ -385,5 +407,53 @@ func writeCached(root, key string, m *onnxpb.ModelProto) (err error) {
 		}
 		return fmt.Errorf("ort: cannot move the converted model into %s: %w", final, err)
 	}
+	syncDir(root)
 	return nil
+}
+
+// identityFile, in a conversion cache entry, holds the identity (see
+// modelFile.Revision) of the entry's files as they were written.
+const identityFile = "identity"
+
+// verifyCached checks the conversion cache entry of mf against the identity
+// recorded when it was written, inspecting mf (which the load does anyway:
+// the files are read once).
+func verifyCached(mf *modelFile) error {
+	want, err := os.ReadFile(filepath.Join(filepath.Dir(mf.Path), identityFile))
+	if err != nil {
+		return fmt.Errorf("the cached entry records no identity: %w", err)
+	}
+	if _, err := mf.inspect(); err != nil {
+		return fmt.Errorf("the cached entry is unreadable: %w", err)
+	}
+	if got := mf.Revision; got != strings.TrimSpace(string(want)) {
+		return fmt.Errorf("the cached entry's files hash to %.16s…, not the %.16s… they were written with", got, want)
+	}
+	return nil
+}
+
+// writeSynced writes b to path and flushes it to the disk.
+func writeSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// syncDir flushes dir's entries (a rename into it) to the disk, where the
+// system can; a failure leaves the entry to the next load's check.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
 }

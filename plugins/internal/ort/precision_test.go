@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -439,4 +440,47 @@ func TestInt8OpByOpExport(t *testing.T) {
 			t.Fatalf("%s: int8 of the op-by-op graph deviates max %g mean %g from fp32", arch, maxAbs, mean)
 		}
 	}
+}
+
+// A conversion cache entry damaged on disk (cut short, or its bytes
+// changed) is never loaded: it is converted again, and the load says so.
+// Before, a truncated entry failed every load ("not a readable ONNX model")
+// until someone deleted it, and changed bytes were served.
+func TestDamagedCacheEntryIsRebuilt(t *testing.T) {
+	requireRuntime(t)
+	cfg, tok := precisionConfig(crossencoder.ArchBERT)
+	dir := writeONNXDir(t, cfg, crossencoder.RandomWeights(cfg, 11), tok)
+	cache := t.TempDir()
+	load := sdk.LoadConfig{ModelDir: dir, Precision: sdk.INT8, CacheDir: cache}
+	info, want := loadAndScore(t, load)
+	entry := info.Details["conversion_cache"]
+	model := filepath.Join(entry, "model.onnx")
+	good, err := os.ReadFile(model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := func(name string, damage func() error) {
+		t.Helper()
+		if err := damage(); err != nil {
+			t.Fatal(err)
+		}
+		info2, got := loadAndScore(t, load)
+		if info2.Details["conversion"] != "converted" || info2.Details["rebuilt"] == "" {
+			t.Fatalf("%s: the load did not rebuild the entry: %v", name, info2.Details)
+		}
+		if maxAbs, _ := deviation(want, got); maxAbs != 0 || info2.Revision != info.Revision {
+			t.Fatalf("%s: rebuilt entry scores differ by %g (revision %s, want %s)", name, maxAbs, info2.Revision, info.Revision)
+		}
+		if info3, _ := loadAndScore(t, load); info3.Details["conversion"] != "cache hit" {
+			t.Fatalf("%s: the rebuilt entry is not used: %v", name, info3.Details)
+		}
+	}
+	f("cut short", func() error { return os.Truncate(model, int64(len(good)/2)) })
+	f("empty", func() error { return os.Truncate(model, 0) })
+	f("a byte changed", func() error {
+		b := slices.Clone(good)
+		b[len(b)-100] ^= 0x55
+		return os.WriteFile(model, b, 0o644)
+	})
+	f("no identity (an entry written before identities)", func() error { return os.Remove(filepath.Join(entry, identityFile)) })
 }

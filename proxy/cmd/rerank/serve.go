@@ -63,6 +63,7 @@ type serveConfig struct {
 	obs               obsFlags
 	auth              auth.Config
 	windows           windowFlags
+	conn              connFlags
 	// entries are the served models: the models file's, or the one the
 	// single-model flags describe; the first is the default.
 	entries []modelEntry
@@ -137,6 +138,7 @@ func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
 	cacheFlagsOn(fs, &c.cache, env)
 	obsFlagsOn(fs, &c.obs, env)
 	windowFlagsOn(fs, &c.windows, env)
+	connFlagsOn(fs, &c.conn, env)
 	return c, env
 }
 
@@ -263,6 +265,9 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 		return nil, err
 	}
 	if err := c.cache.validate(); err != nil {
+		return nil, err
+	}
+	if err := c.conn.validate(); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -392,6 +397,7 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 		"local_cache":       func() any { return def.CacheStats().Local },
 		"distributed_cache": func() any { return def.CacheStats().Distributed },
 	}
+	nofile := raiseOpenFileLimit()
 	svc := rerank.New(registry, rerank.Limits{MaxCandidates: c.maxCandidates, MaxCandidateChars: c.maxCandidateChars, MaxQueryChars: c.maxQueryChars}, def.Name())
 	svc.SetWindows(windows.splitter, c.windows.on)
 	apiCfg := api.Config{
@@ -413,7 +419,10 @@ func serve(ctx context.Context, c *serveConfig, logger hclog.Logger) error {
 		AccessLog:      c.obs.accessLogger(logger),
 		Info:           apiInfo(c, def),
 		Tracing:        tracerProvider(),
+		Conn:           c.conn.limits(nofile, logger),
 	}
+	logger.Info("connection limits", "max_connections", apiCfg.Conn.MaxConnections, "max_conns_per_ip", apiCfg.Conn.MaxConnsPerIP,
+		"read_timeout", apiCfg.Conn.ReadTimeout, "write_timeout", apiCfg.Conn.WriteTimeout, "idle_timeout", apiCfg.Conn.IdleTimeout, "open_file_limit", nofile)
 	if keys != nil {
 		apiCfg.Auth = keys
 	}

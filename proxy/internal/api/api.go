@@ -94,6 +94,76 @@ type Config struct {
 	// route, continuing the trace of an incoming W3C traceparent header;
 	// the pipeline's spans are its children. nil traces nothing.
 	Tracing trace.TracerProvider
+	// Conn bounds connections and the time a client may take; zero fields
+	// take the defaults (DefaultConnLimits).
+	Conn ConnLimits
+}
+
+// ConnLimits are the HTTP server's connection limits (docs/RELIABILITY.md,
+// "Limits of the HTTP server").
+type ConnLimits struct {
+	// ReadTimeout bounds reading one request, headers and body, from the
+	// opening of the connection for its first request and from the first
+	// byte for the next ones: a client trickling them (slowloris) is
+	// answered 408 and disconnected.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds writing one answer once it is ready: a client
+	// that stops reading is disconnected.
+	WriteTimeout time.Duration
+	// IdleTimeout is how long a keep-alive connection may wait for its
+	// next request before it is closed.
+	IdleTimeout time.Duration
+	// MaxConnections bounds the connections served at once; one more is
+	// answered 503 and closed.
+	MaxConnections int
+	// MaxConnsPerIP bounds the connections from one client address; 0
+	// means no bound.
+	MaxConnsPerIP int
+}
+
+// DefaultConnLimits are the limits a zero ConnLimits field takes.
+var DefaultConnLimits = ConnLimits{
+	// A 2 MiB body (the default limit) at 35 KB/s, a slow mobile link,
+	// arrives within a minute; a slowloris connection is held no longer.
+	ReadTimeout: 60 * time.Second,
+	// An answer is tens of KB, written at once to a client that reads;
+	// one that has read nothing for 30 s is gone or hostile.
+	WriteTimeout: 30 * time.Second,
+	// Reverse proxies and HTTP client pools keep idle connections about a
+	// minute (nginx 60 s, Go's net/http 90 s): 75 s lets theirs close
+	// first, so they never send on a connection the server is closing.
+	IdleTimeout: 75 * time.Second,
+	// Ten thousand connections (C10k) cover many clients' pools and
+	// thousands of idle keep-alives; each costs a goroutine and its
+	// buffers (32 KiB read, 4 KiB write): about 80 KiB of resident
+	// memory each as measured with a thousand open (docs/RELIABILITY.md),
+	// under 1 GB at the bound.
+	MaxConnections: 10000,
+	// No per-address bound: a sidecar or per-node proxy commonly sees
+	// every request from one address (the local application, an
+	// ingress, a load balancer), which a bound would starve.
+	MaxConnsPerIP: 0,
+}
+
+// withDefaults fills l's zero fields from DefaultConnLimits.
+func (l ConnLimits) withDefaults() ConnLimits {
+	d := DefaultConnLimits
+	if l.ReadTimeout <= 0 {
+		l.ReadTimeout = d.ReadTimeout
+	}
+	if l.WriteTimeout <= 0 {
+		l.WriteTimeout = d.WriteTimeout
+	}
+	if l.IdleTimeout <= 0 {
+		l.IdleTimeout = d.IdleTimeout
+	}
+	if l.MaxConnections <= 0 {
+		l.MaxConnections = d.MaxConnections
+	}
+	if l.MaxConnsPerIP < 0 {
+		l.MaxConnsPerIP = 0
+	}
+	return l
 }
 
 // DefaultMaxBodyBytes is the default body limit: 2 MiB holds 200 candidates
@@ -127,6 +197,10 @@ type Server struct {
 	lingering   atomic.Int64  // connections reading out a refused body
 	disconnects atomic.Uint64 // requests cancelled because their client left
 	tooLarge    atomic.Uint64 // bodies refused with 413
+	// readTimeouts counts requests not received within the read timeout.
+	readTimeouts atomic.Uint64
+	// acceptErrors counts accept errors waited out (out of descriptors).
+	acceptErrors atomic.Uint64
 }
 
 // Stats are the HTTP server's counters, /health's "http" section.
@@ -140,11 +214,26 @@ type Stats struct {
 	// LingeringConnections counts the connections answered before their
 	// body was read that are reading and discarding the rest of it.
 	LingeringConnections int64 `json:"lingering_connections"`
+	// ReadTimeouts counts requests answered 408: not received within the
+	// read timeout (a client trickling its headers or body).
+	ReadTimeouts uint64 `json:"read_timeouts"`
+	// OpenConnections counts the client connections open now.
+	OpenConnections int32 `json:"open_connections"`
+	// RejectedConnections counts connections refused at accept: over the
+	// connection bound (answered 503) or the per-address one.
+	RejectedConnections uint32 `json:"rejected_connections"`
+	// AcceptErrors counts failed accepts waited out and retried, such as
+	// the process being out of file descriptors.
+	AcceptErrors uint64 `json:"accept_errors"`
 }
 
 // Stats returns the counters.
 func (s *Server) Stats() Stats {
-	return Stats{ClientDisconnects: s.disconnects.Load(), BodyTooLarge: s.tooLarge.Load(), LingeringConnections: s.lingering.Load()}
+	return Stats{
+		ClientDisconnects: s.disconnects.Load(), BodyTooLarge: s.tooLarge.Load(), LingeringConnections: s.lingering.Load(),
+		ReadTimeouts: s.readTimeouts.Load(), OpenConnections: max(0, s.srv.GetOpenConnectionsCount()), RejectedConnections: s.srv.GetRejectedConnectionsCount(),
+		AcceptErrors: s.acceptErrors.Load(),
+	}
 }
 
 // httpSection is the name of the /health section holding Stats.
@@ -158,6 +247,7 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
+	cfg.Conn = cfg.Conn.withDefaults()
 	if cfg.Status == nil {
 		cfg.Status = func() Status { return Status{Ready: true} }
 	}
@@ -192,12 +282,12 @@ func New(cfg Config) *Server {
 		ErrorHandler:       s.handleTransportError,
 		Name:               "rerank-server",
 		MaxRequestBodySize: cfg.MaxBodyBytes,
-		// Idle keep-alive connections are closed after this long, as
-		// reverse proxies keep theirs for about a minute.
-		IdleTimeout: 75 * time.Second,
-		// Read (headers and body) must finish within this, so that a slow
-		// client cannot hold a connection forever.
-		ReadTimeout:          60 * time.Second,
+		// ConnLimits says why each limit is what it is.
+		ReadTimeout:          cfg.Conn.ReadTimeout,
+		WriteTimeout:         cfg.Conn.WriteTimeout,
+		IdleTimeout:          cfg.Conn.IdleTimeout,
+		Concurrency:          cfg.Conn.MaxConnections,
+		MaxConnsPerIP:        cfg.Conn.MaxConnsPerIP,
 		NoDefaultContentType: true,
 		// A request is read in one system call when it fits the read
 		// buffer: 20 candidates of 1,000 characters make about 20 KB,
@@ -213,7 +303,8 @@ func New(cfg Config) *Server {
 
 // Serve answers connections from ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	return s.srv.Serve(listener{Listener: ln, lingering: &s.lingering})
+	return s.srv.Serve(listener{Listener: ln, lingering: &s.lingering, acceptErrors: &s.acceptErrors, lastLog: new(atomic.Int64),
+		logf: func(format string, args ...any) { s.cfg.Logger.Warn(fmt.Sprintf(format, args...)) }})
 }
 
 // Shutdown stops accepting connections and waits for the open requests to
@@ -253,9 +344,21 @@ func (s *Server) handleTransportError(ctx *fasthttp.RequestCtx, err error) {
 	if c, ok := ctx.Conn().(*conn); ok {
 		c.lingerOnClose()
 	}
-	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+	var small *fasthttp.ErrSmallBuffer
+	var ne net.Error
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		s.refuseTooLarge(ctx)
-	} else {
+	case errors.As(err, &ne) && ne.Timeout():
+		// The client did not send its request within the read timeout
+		// (a slowloris, or a link too slow for its body).
+		s.readTimeouts.Add(1)
+		writeDetail(ctx, fasthttp.StatusRequestTimeout,
+			fmt.Sprintf("Request timeout: the request was not received within %v", s.cfg.Conn.ReadTimeout))
+	case errors.As(err, &small):
+		writeDetail(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge,
+			fmt.Sprintf("Request header too large: the limit is %d bytes", readBufferSize))
+	default:
 		writeDetail(ctx, fasthttp.StatusBadRequest, "Invalid HTTP request received.")
 	}
 	s.end(ctx, s.routes[string(ctx.Path())], x)

@@ -39,18 +39,63 @@ const peerCheckInterval = 100 * time.Millisecond
 // client closed the connection.
 var errClientGone = errors.New("api: the client closed the connection")
 
-// listener wraps each accepted connection in a *conn.
+// listener wraps each accepted connection in a *conn, and waits out the
+// accept errors that pass (out of file descriptors) instead of returning
+// them: fasthttp retries only timeouts and returns any other error from
+// Serve, which stopped the server the first time its clients used up its
+// open-file limit.
 type listener struct {
 	net.Listener
 	lingering *atomic.Int64
+	// acceptErrors counts accept errors waited out.
+	acceptErrors *atomic.Uint64
+	// logf, when set, reports an accept error waited out, at most once a
+	// minute.
+	logf func(format string, args ...any)
+	// lastLog is when logf last reported, in Unix nanoseconds.
+	lastLog *atomic.Int64
 }
 
+// Accept backoff after an error that passes: from 5 ms, doubling, to 1 s,
+// as Go's net/http waits; a connection closing frees a descriptor within
+// that time.
+const (
+	minAcceptDelay = 5 * time.Millisecond
+	maxAcceptDelay = time.Second
+)
+
+// acceptLogInterval is how often a persisting accept error is logged.
+const acceptLogInterval = time.Minute
+
 func (l listener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	var delay time.Duration
+	for {
+		c, err := l.Listener.Accept()
+		if err == nil {
+			return &conn{Conn: c, lingering: l.lingering}, nil
+		}
+		if !temporaryAcceptError(err) {
+			return nil, err
+		}
+		l.acceptErrors.Add(1)
+		if now := time.Now().UnixNano(); l.logf != nil && now-l.lastLog.Load() > int64(acceptLogInterval) {
+			l.lastLog.Store(now)
+			l.logf("accepting connections failed, retrying: %v", err)
+		}
+		delay = min(max(2*delay, minAcceptDelay), maxAcceptDelay)
+		time.Sleep(delay)
 	}
-	return &conn{Conn: c, lingering: l.lingering}, nil
+}
+
+// temporaryAcceptError reports whether err, from Accept, passes by itself:
+// a process or system out of file descriptors, or a connection reset or
+// aborted before it was accepted. A closed listener's error does not.
+func temporaryAcceptError(err error) bool {
+	var ne interface{ Temporary() bool }
+	if errors.Is(err, net.ErrClosed) || !errors.As(err, &ne) {
+		return false
+	}
+	return ne.Temporary()
 }
 
 // conn is an accepted connection that can linger on close and tell whether
