@@ -330,7 +330,7 @@ func TestHealth(t *testing.T) {
 		}
 	}
 	warn := `"warning":"test model with random weights: scores are meaningless"`
-	httpStats := `"http":{"client_disconnects":0,"body_too_large":0,"lingering_connections":0}`
+	httpStats := `"http":{"client_disconnects":0,"body_too_large":0,"lingering_connections":0,"read_timeouts":0,"open_connections":1,"rejected_connections":0,"accept_errors":0}`
 	f(503, `{"status":"loading","device":"cpu","model":"org/test-model","message":"loading model",`+warn+`,"backend":{"pairs_scored":7},`+httpStats+`,"local_cache":{"hits":0}}`)
 	st.Store(&Status{Ready: true, Device: "cpu"})
 	hits.Store(3)
