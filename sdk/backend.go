@@ -100,6 +100,16 @@ type ModelInfo struct {
 	// MaxBatchSize is the largest batch the backend accepts in one Score call;
 	// 0 means no limit.
 	MaxBatchSize int
+	// MaxBatchTokens is the most tokens one Score call should hold, counted
+	// as its pairs times its longest pair's tokens, padding included; 0
+	// declares no limit. The proxy's batcher never sizes a batch above it
+	// (from minor version 3; an older plugin reports 0).
+	MaxBatchTokens int
+	// PreferredInFlight is how many Score calls the backend wants running at
+	// once for its best throughput, for example one per batch it can
+	// compute while the next is sent and tokenized; 0 states no preference
+	// and leaves the proxy's per-device default (minor version 3).
+	PreferredInFlight int
 	// Activation is applied to the logit: "sigmoid", "identity", ….
 	Activation string
 	// SDKMinorVersion is the additive protocol version the plugin speaks.

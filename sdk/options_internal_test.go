@@ -74,3 +74,22 @@ func TestClientRefusesOptionsForOldPlugin(t *testing.T) {
 	f(2, true, PairOptions{MaxDocumentTokens: 8, Strict: true}, false)
 	f(3, true, PairOptions{Raw: true}, false)
 }
+
+// TestOldPluginDeclaresNoBatchLimits checks that a plugin of minor version
+// 2, which knows neither ModelInfo.MaxBatchTokens nor PreferredInFlight,
+// reaches the proxy as declaring no token limit and no preference (0), so
+// the proxy keeps its per-device defaults, and that a negative value on the
+// wire (a broken plugin) reads as none either.
+func TestOldPluginDeclaresNoBatchLimits(t *testing.T) {
+	info, err := (&Client{rpc: &oldPlugin{minor: 2}}).Load(context.Background(), LoadConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.MaxBatchTokens != 0 || info.PreferredInFlight != 0 || info.SDKMinorVersion != 2 {
+		t.Fatalf("minor-2 plugin read as %+v, want no token limit, no preference", info)
+	}
+	got := infoFromProto(&pb.ModelInfo{MaxBatchTokens: -5, PreferredInFlight: -1})
+	if got.MaxBatchTokens != 0 || got.PreferredInFlight != 0 {
+		t.Fatalf("negative limits read as %+v, want 0", got)
+	}
+}

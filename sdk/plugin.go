@@ -27,8 +27,9 @@ const ProtocolVersion = 1
 
 // MinorVersion counts additive changes within ProtocolVersion; plugins report
 // it in ModelInfo and the proxy logs it. 1: ScoreResponse reports the
-// call's Usage (tokens and padded tokens). 2: Pair.Options.
-const MinorVersion uint32 = 2
+// call's Usage (tokens and padded tokens). 2: Pair.Options. 3:
+// ModelInfo.MaxBatchTokens and ModelInfo.PreferredInFlight.
+const MinorVersion uint32 = 3
 
 // MinorPairOptions is the first minor version whose plugins honour
 // Pair.Options; Client.Score refuses options for an older plugin rather
@@ -287,35 +288,39 @@ func minorString(m uint32) string {
 
 func infoToProto(i *ModelInfo) *pb.ModelInfo {
 	return &pb.ModelInfo{
-		Name:            i.Name,
-		Revision:        i.Revision,
-		Device:          i.Device,
-		Backend:         i.Backend,
-		Precision:       string(i.Precision),
-		Quantization:    i.Quantization,
-		Source:          i.Source,
-		MaxLength:       int32(i.MaxLength),
-		MaxBatchSize:    int32(i.MaxBatchSize),
-		Activation:      i.Activation,
-		SdkMinorVersion: MinorVersion,
-		Details:         i.Details,
+		Name:              i.Name,
+		Revision:          i.Revision,
+		Device:            i.Device,
+		Backend:           i.Backend,
+		Precision:         string(i.Precision),
+		Quantization:      i.Quantization,
+		Source:            i.Source,
+		MaxLength:         int32(i.MaxLength),
+		MaxBatchSize:      int32(i.MaxBatchSize),
+		MaxBatchTokens:    int32(min(i.MaxBatchTokens, math.MaxInt32)),
+		PreferredInFlight: int32(min(i.PreferredInFlight, math.MaxInt32)),
+		Activation:        i.Activation,
+		SdkMinorVersion:   MinorVersion,
+		Details:           i.Details,
 	}
 }
 
 func infoFromProto(p *pb.ModelInfo) ModelInfo {
 	return ModelInfo{
-		Name:            p.GetName(),
-		Revision:        p.GetRevision(),
-		Device:          p.GetDevice(),
-		Backend:         p.GetBackend(),
-		Precision:       Precision(p.GetPrecision()),
-		Quantization:    p.GetQuantization(),
-		Source:          p.GetSource(),
-		MaxLength:       int(p.GetMaxLength()),
-		MaxBatchSize:    int(p.GetMaxBatchSize()),
-		Activation:      p.GetActivation(),
-		SDKMinorVersion: p.GetSdkMinorVersion(),
-		Details:         p.GetDetails(),
+		Name:              p.GetName(),
+		Revision:          p.GetRevision(),
+		Device:            p.GetDevice(),
+		Backend:           p.GetBackend(),
+		Precision:         Precision(p.GetPrecision()),
+		Quantization:      p.GetQuantization(),
+		Source:            p.GetSource(),
+		MaxLength:         int(p.GetMaxLength()),
+		MaxBatchSize:      int(p.GetMaxBatchSize()),
+		MaxBatchTokens:    int(max(p.GetMaxBatchTokens(), 0)),
+		PreferredInFlight: int(max(p.GetPreferredInFlight(), 0)),
+		Activation:        p.GetActivation(),
+		SDKMinorVersion:   p.GetSdkMinorVersion(),
+		Details:           p.GetDetails(),
 	}
 }
 

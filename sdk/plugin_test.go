@@ -118,8 +118,8 @@ func TestProtocolMemorySettings(t *testing.T) {
 func TestProtocolRoundTrip(t *testing.T) {
 	b := &recordingBackend{
 		info: sdk.ModelInfo{Name: "org/model", Revision: "abc", Device: "cuda", Backend: "onnx-cuda", Precision: sdk.BF16,
-			Quantization: "none", Source: "safetensors", MaxLength: 384, MaxBatchSize: 16, Activation: "sigmoid",
-			Details: map[string]string{"model_file": "/m/model.onnx"}},
+			Quantization: "none", Source: "safetensors", MaxLength: 384, MaxBatchSize: 16, MaxBatchTokens: 6144, PreferredInFlight: 2,
+			Activation: "sigmoid", Details: map[string]string{"model_file": "/m/model.onnx"}},
 	}
 	c := connect(t, b)
 	ctx := context.Background()

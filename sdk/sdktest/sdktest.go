@@ -205,6 +205,12 @@ func checkLoad(ctx context.Context, h *harness) error {
 	if info.MaxBatchSize < 0 {
 		return fmt.Errorf("Load returned MaxBatchSize %d; want 0 (no limit) or more", info.MaxBatchSize)
 	}
+	if info.MaxBatchTokens < 0 {
+		return fmt.Errorf("Load returned MaxBatchTokens %d; want 0 (no limit) or more", info.MaxBatchTokens)
+	}
+	if info.PreferredInFlight < 0 {
+		return fmt.Errorf("Load returned PreferredInFlight %d; want 0 (no preference) or more", info.PreferredInFlight)
+	}
 	h.info = info
 	return nil
 }

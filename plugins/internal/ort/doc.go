@@ -5,9 +5,13 @@
 // Hugging Face model directory (model.go), reads the graph's declared inputs
 // and outputs while hashing the file (graphio.go), creates exactly one ONNX
 // Runtime session on the chosen execution provider (provider.go), and loads
-// the tokenizer; Score tokenizes the pairs, pads them to the batch's longest,
-// feeds exactly the inputs the graph declares from pooled buffers, runs the
-// session and applies the model's activation (activation.go) in float64.
+// the tokenizer; Score tokenizes the pairs, groups them into length-matched
+// runs each padded to its longest pair (runs.go), feeds exactly the inputs
+// the graph declares from pooled buffers, runs the session (on cpu several
+// single-threaded runs at once, one per CPU) and applies the model's
+// activation (activation.go) in float64. With the CPU arena off, freed
+// memory is kept for the next run and given back once the engine is idle
+// (release.go).
 //
 // The ONNX Runtime shared library is loaded once per process (runtime.go)
 // from RERANK_ORT_LIB_DIR, from next to the executable, or from

@@ -9,9 +9,11 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"github.com/hashicorp/go-hclog"
@@ -116,6 +118,14 @@ type model struct {
 	// padLongest runs arrival-order chunks padded to their longest pair
 	// instead of length-matched runs (PaddingOption "longest").
 	padLongest bool
+	// slots holds one token per inference run allowed at once, across
+	// every Score call (Provider.threadSettings); its capacity is the
+	// number of runs a Score call spreads its work over.
+	slots chan struct{}
+	// idle gives the memory malloc keeps for the next run back to the
+	// system once no Score call has run for a while; nil with the CPU
+	// arena on, which holds its memory itself.
+	idle *releaser
 	// feeds pools the buffers behind the input and output tensors, so a
 	// steady stream of batches allocates nothing per batch once warm.
 	feeds sync.Pool
@@ -138,6 +148,11 @@ const tokenBudget = 32 * 512
 // MaxBatchSizeOption is the LoadConfig.Options key that overrides the
 // largest batch run in one inference.
 const MaxBatchSizeOption = "max_batch_size"
+
+// ParallelRunsOption is the LoadConfig.Options key that overrides how many
+// inference runs the engine executes at once (Provider.threadSettings): a
+// positive integer.
+const ParallelRunsOption = "parallel_runs"
 
 // PaddingOption is the LoadConfig.Options key that chooses how a Score
 // call's pairs are grouped into runs: "split" (the default) sorts them by
@@ -176,7 +191,7 @@ func (e *Engine) Load(ctx context.Context, cfg sdk.LoadConfig) (sdk.ModelInfo, e
 	e.log.Info("model loaded", "model", m.info.Name, "file", m.info.Details["model_file"], "revision", m.info.Revision,
 		"device", m.info.Device, "precision", m.info.Precision, "source", m.info.Source, "activation", m.info.Activation,
 		"max_length", m.info.MaxLength, "max_batch_size", m.info.MaxBatchSize,
-		"intra_op_threads", m.info.Details["intra_op_threads"], "inputs", m.info.Details["inputs"])
+		"intra_op_threads", m.info.Details["intra_op_threads"], "parallel_runs", m.info.Details["parallel_runs"], "inputs", m.info.Details["inputs"])
 	return m.info, nil
 }
 
@@ -221,6 +236,17 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 		}
 		maxBatch = n
 	}
+	if cfg.IntraOpThreads < 0 {
+		return nil, fmt.Errorf("ort: intra-op threads %d is negative: %w", cfg.IntraOpThreads, sdk.ErrInvalidInput)
+	}
+	intraOp, parallel := e.provider.threadSettings(cfg.IntraOpThreads, runtime.GOMAXPROCS(0))
+	if v, ok := cfg.Options[ParallelRunsOption]; ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("ort: option %s=%q is not a positive integer: %w", ParallelRunsOption, v, sdk.ErrInvalidInput)
+		}
+		parallel = n
+	}
 	padLongest := false
 	switch v := cfg.Options[PaddingOption]; v {
 	case "", "split":
@@ -263,11 +289,12 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 		return nil, fmt.Errorf("load: %w", err)
 	}
 	mem := e.provider.memorySettings(cfg)
-	session, threads, err := e.newSession(mf.Path, inputs, output, cfg, mem)
+	session, threads, err := e.newSession(mf.Path, inputs, output, intraOp, cfg, mem)
 	if err != nil {
 		return nil, err
 	}
 	arena, pattern := mem.details()
+	maxTokens, inFlight := e.provider.batchLimits(maxBatch, maxLength)
 	names := make([]string, len(inputs))
 	for i, in := range inputs {
 		typ := "int64"
@@ -290,24 +317,28 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 		maxBatch:   maxBatch,
 		padID:      mc.padID(),
 		padLongest: padLongest,
+		slots:      make(chan struct{}, parallel),
 		info: sdk.ModelInfo{
-			Name:            name,
-			Revision:        revision(mf.Revision, tokJSON),
-			Device:          string(e.provider),
-			Backend:         e.backend,
-			Precision:       mf.Precision,
-			Quantization:    mf.Quantization,
-			Source:          mf.Source,
-			MaxLength:       maxLength,
-			MaxBatchSize:    maxBatch,
-			Activation:      act.name,
-			SDKMinorVersion: sdk.MinorVersion,
+			Name:              name,
+			Revision:          revision(mf.Revision, tokJSON),
+			Device:            string(e.provider),
+			Backend:           e.backend,
+			Precision:         mf.Precision,
+			Quantization:      mf.Quantization,
+			Source:            mf.Source,
+			MaxLength:         maxLength,
+			MaxBatchSize:      maxBatch,
+			MaxBatchTokens:    maxTokens,
+			PreferredInFlight: inFlight,
+			Activation:        act.name,
+			SDKMinorVersion:   sdk.MinorVersion,
 			Details: map[string]string{
 				"model_file":        mf.Path,
 				"model_sha256":      mf.Revision,
 				"ort_library":       libPath,
 				"ort_version":       ortgo.GetVersion(),
 				"intra_op_threads":  threads,
+				"parallel_runs":     strconv.Itoa(parallel),
 				"inputs":            strings.Join(names, ","),
 				"output":            output,
 				"activation_source": actSource,
@@ -326,6 +357,10 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 		e.log.Warn("serving a test model", "note", mc.TestModel.Note)
 	}
 	m.feeds.New = func() any { return &feed{} }
+	if !mem.arena {
+		keepFreedMemory()
+		m.idle = &releaser{after: releaseAfter, release: releaseFreedMemory}
+	}
 	return m, nil
 }
 
@@ -407,10 +442,10 @@ func logitsOutput(g graphIO, c modelConfig) (string, int, error) {
 }
 
 // newSession creates the model's one session: all graph optimizations,
-// intra-op threads from cfg (0: ONNX Runtime's default, one per physical
+// intraOp threads per run (0: ONNX Runtime's default, one per physical
 // core), the CPU arena and memory patterns as cfg sets them or else as the
 // provider's defaults (memorySettings), on the engine's execution provider.
-func (e *Engine) newSession(path string, inputs []graphInput, output string, cfg sdk.LoadConfig, mem memorySettings) (*ortgo.DynamicAdvancedSession, string, error) {
+func (e *Engine) newSession(path string, inputs []graphInput, output string, intraOp int, cfg sdk.LoadConfig, mem memorySettings) (*ortgo.DynamicAdvancedSession, string, error) {
 	so, err := ortgo.NewSessionOptions()
 	if err != nil {
 		return nil, "", fmt.Errorf("ort: cannot create session options: %v: %w", err, sdk.ErrUnavailable)
@@ -420,14 +455,11 @@ func (e *Engine) newSession(path string, inputs []graphInput, output string, cfg
 		return nil, "", fmt.Errorf("ort: cannot enable graph optimizations: %w", err)
 	}
 	threads := "auto"
-	if cfg.IntraOpThreads < 0 {
-		return nil, "", fmt.Errorf("ort: intra-op threads %d is negative: %w", cfg.IntraOpThreads, sdk.ErrInvalidInput)
-	}
-	if cfg.IntraOpThreads > 0 {
-		if err := so.SetIntraOpNumThreads(cfg.IntraOpThreads); err != nil {
-			return nil, "", fmt.Errorf("ort: cannot set %d intra-op threads: %w", cfg.IntraOpThreads, err)
+	if intraOp > 0 {
+		if err := so.SetIntraOpNumThreads(intraOp); err != nil {
+			return nil, "", fmt.Errorf("ort: cannot set %d intra-op threads: %w", intraOp, err)
 		}
-		threads = strconv.Itoa(cfg.IntraOpThreads)
+		threads = strconv.Itoa(intraOp)
 	}
 	if err := so.SetCpuMemArena(mem.arena); err != nil {
 		return nil, "", fmt.Errorf("ort: cannot set the CPU arena: %w", err)
@@ -480,7 +512,10 @@ func (e *Engine) Health(context.Context) (sdk.Health, error) {
 // not fit with sdk.ErrTooLong), splits the pairs into runs of at most
 // MaxBatchSize pairs of similar real length (planRuns: padding within 4% of
 // the real tokens; PaddingOption "longest" restores arrival-order runs), runs
-// each padded to its longest pair, adds what it computed to ctx's sdk.Usage,
+// each padded to its longest pair, as many at once as the engine runs in
+// parallel (on cpu one single-threaded run per CPU, shared with concurrent
+// calls; spreadRuns splits a run that would leave CPUs idle), adds what it
+// computed to ctx's sdk.Usage,
 // and honours ctx: it checks it before each run, and a context that ends
 // during a run terminates the run through ONNX Runtime's run options (ONNX
 // Runtime stops between graph nodes, so the run ends soon after, not at
@@ -494,6 +529,10 @@ func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("%s: score: %w", e.backend, err)
+	}
+	if m.idle != nil {
+		m.idle.begin()
+		defer m.idle.end()
 	}
 	scores := make([]float32, len(pairs))
 	if len(pairs) == 0 {
@@ -527,42 +566,11 @@ func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
 	} else {
 		runs, _ = planRuns(lengths, m.maxBatch)
 	}
-	usage := sdk.UsageFrom(ctx)
-	batch := make([]tokenizer.Encoding, 0, m.maxBatch)
-	out := make([]float32, m.maxBatch)
-	for _, r := range runs {
-		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("%s: score: %w", e.backend, err)
-		}
-		batch = batch[:0]
-		tokens := 0
-		for _, p := range r.pairs {
-			batch = append(batch, encs[p])
-			tokens += lengths[p]
-		}
-		rctx := ctx
-		if traced {
-			rctx, span = tracer.Start(ctx, "ort.run", trace.WithAttributes(
-				attribute.Int("rerank.batch_size", len(batch)), attribute.Int("rerank.sequence_length", r.seq),
-				attribute.Int("rerank.tokens", tokens), attribute.Int("rerank.padded_tokens", r.seq*len(batch))))
-		}
-		err := m.run(rctx, batch, out[:len(batch)])
-		if traced {
-			if err != nil {
-				span.RecordError(err)
-			}
-			span.End()
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", e.backend, err)
-		}
-		for k, p := range r.pairs {
-			scores[p] = out[k]
-		}
-		if usage != nil {
-			usage.Tokens += int64(tokens)
-			usage.PaddedTokens += int64(r.seq * len(r.pairs))
-		}
+	if p := cap(m.slots); p > 1 && !m.padLongest {
+		runs = spreadRuns(runs, lengths, p)
+	}
+	if err := m.runAll(ctx, runs, encs, lengths, scores, traced); err != nil {
+		return nil, fmt.Errorf("%s: %w", e.backend, err)
 	}
 	// run left logits; each pair gets the model's activation unless it asks
 	// for the raw logit.
@@ -577,6 +585,97 @@ func (e *Engine) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
 		scores[i] = float32(s)
 	}
 	return scores, nil
+}
+
+// runAll executes runs, writing each pair's logit into scores, on up to
+// cap(m.slots) goroutines that take the runs in order (spreadRuns puts the
+// costliest first) and hold a slot for each run, so that concurrent Score
+// calls together never run more than cap(m.slots) at once. It adds what the
+// finished runs computed to ctx's sdk.Usage and returns the first error; the
+// other workers then stop before their next run.
+func (m *model) runAll(ctx context.Context, runs []runPlan, encs []tokenizer.Encoding, lengths []int, scores []float32, traced bool) error {
+	usage := sdk.UsageFrom(ctx)
+	var (
+		next     atomic.Int64
+		failed   atomic.Bool
+		usageMu  sync.Mutex
+		errOnce  sync.Once
+		firstErr error
+	)
+	work := func() {
+		batch := make([]tokenizer.Encoding, 0, m.maxBatch)
+		out := make([]float32, m.maxBatch)
+		for {
+			i := int(next.Add(1)) - 1
+			if i >= len(runs) || failed.Load() {
+				return
+			}
+			r := runs[i]
+			tokens, err := m.runOne(ctx, r, encs, lengths, batch, out, traced)
+			if err != nil {
+				errOnce.Do(func() { firstErr = err })
+				failed.Store(true)
+				return
+			}
+			for k, p := range r.pairs {
+				scores[p] = out[k]
+			}
+			if usage != nil {
+				usageMu.Lock()
+				usage.Tokens += int64(tokens)
+				usage.PaddedTokens += int64(r.seq * len(r.pairs))
+				usageMu.Unlock()
+			}
+		}
+	}
+	workers := min(cap(m.slots), len(runs))
+	var wg sync.WaitGroup
+	for range workers - 1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			work()
+		}()
+	}
+	work()
+	wg.Wait()
+	return firstErr
+}
+
+// runOne runs one planned run in a free slot, leaving its logits in
+// out[:len(r.pairs)], and returns its real tokens. batch is the caller's
+// scratch slice.
+func (m *model) runOne(ctx context.Context, r runPlan, encs []tokenizer.Encoding, lengths []int, batch []tokenizer.Encoding, out []float32, traced bool) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("score: %w", err)
+	}
+	select {
+	case m.slots <- struct{}{}:
+	case <-ctx.Done():
+		return 0, fmt.Errorf("score: %w", ctx.Err())
+	}
+	defer func() { <-m.slots }()
+	batch = batch[:0]
+	tokens := 0
+	for _, p := range r.pairs {
+		batch = append(batch, encs[p])
+		tokens += lengths[p]
+	}
+	rctx := ctx
+	var span trace.Span
+	if traced {
+		rctx, span = tracer.Start(ctx, "ort.run", trace.WithAttributes(
+			attribute.Int("rerank.batch_size", len(batch)), attribute.Int("rerank.sequence_length", r.seq),
+			attribute.Int("rerank.tokens", tokens), attribute.Int("rerank.padded_tokens", r.seq*len(batch))))
+	}
+	err := m.run(rctx, batch, out[:len(batch)])
+	if traced {
+		if err != nil {
+			span.RecordError(err)
+		}
+		span.End()
+	}
+	return tokens, err
 }
 
 // tracer records the engine's spans when the proxy traces the call.

@@ -98,8 +98,8 @@ func TestLoadReportsModel(t *testing.T) {
 	// The revision covers the model file and the tokenizer.
 	wantRevision := sha256Hex([]byte(sha256Hex(b) + ":" + sha256Hex(tok)))
 	want := sdk.ModelInfo{Name: "org/tiny", Device: "cpu", Backend: "onnx-cpu", Precision: sdk.FP32, Quantization: "none",
-		Source: "onnx", MaxLength: 128, MaxBatchSize: tokenBudget / 128, Activation: "sigmoid",
-		Revision: wantRevision}
+		Source: "onnx", MaxLength: 128, MaxBatchSize: tokenBudget / 128, MaxBatchTokens: cpuBatchTokens, PreferredInFlight: 2,
+		Activation: "sigmoid", Revision: wantRevision}
 	gotCore := info
 	gotCore.Details, gotCore.SDKMinorVersion = nil, 0
 	if !reflect.DeepEqual(gotCore, want) {
@@ -109,6 +109,7 @@ func TestLoadReportsModel(t *testing.T) {
 		"model_file":       filepath.Join(dir, "model.onnx"),
 		"model_sha256":     sha256Hex(b),
 		"intra_op_threads": "2",
+		"parallel_runs":    strconv.Itoa(max(1, runtime.GOMAXPROCS(0)/2)),
 		"inputs":           "input_ids:int64,token_type_ids:int64,attention_mask:int64",
 		"output":           "logits",
 		"cpu_mem_arena":    "off (default)",

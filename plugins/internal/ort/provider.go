@@ -64,6 +64,59 @@ func (p Provider) memoryDefaults() (arena, pattern bool) {
 	return false, false
 }
 
+// threadSettings returns the intra-op threads of one inference run (0:
+// ONNX Runtime's default) and how many runs the engine executes at once,
+// for a load asking for threads per run (0: the backend's choice) with cpus
+// CPUs to use (GOMAXPROCS: the CPUs of the machine, or of the container's
+// CPU limit).
+//   - cpu: one thread per run and one run per CPU by default; threads > 1
+//     per run leave cpus/threads runs at once. Measured on the 2-core
+//     development VM (docs/BENCHMARKS.md, "Speed (issue 14)"): ONNX
+//     Runtime's default pool kept one core busy (the machine half idle
+//     under load), two single-threaded runs side by side scored 1.8–2×
+//     its pairs/s at fp32 and int8, and beat one run on two threads, whose
+//     small length-matched GEMMs split badly across the pool.
+//   - cuda, coreml: one run at a time on ONNX Runtime's threads (the
+//     device computes; the host threads only launch work).
+func (p Provider) threadSettings(threads, cpus int) (intraOp, parallel int) {
+	if p != CPU {
+		return threads, 1
+	}
+	if threads == 0 {
+		return 1, max(1, cpus)
+	}
+	return threads, max(1, cpus/threads)
+}
+
+// batchLimits returns what the engine declares to the proxy's batcher
+// (sdk.ModelInfo): the most tokens one Score call should hold (pairs × the
+// longest pair, padding included) and how many calls it wants in flight,
+// given its largest run (maxBatch pairs of maxLength tokens).
+//   - cpu: 8,192 tokens (32 pairs of 256), which bounds one call's
+//     activations and run time (docs/BENCHMARKS.md, batch section), and two
+//     calls in flight: the runs of one call spread over every core
+//     (threadSettings), and the second call is sent and tokenized while
+//     the first one's last runs finish (docs/BENCHMARKS.md, "Speed (issue
+//     14)").
+//   - cuda: a full run (maxBatch × maxLength): a GPU runs it in about the
+//     time of a small one; two in flight hide the host-side tokenization
+//     and transfers.
+//   - coreml: 8,192 tokens, one call at a time: CoreML compiles per shape
+//     and runs one model instance.
+func (p Provider) batchLimits(maxBatch, maxLength int) (maxTokens, inFlight int) {
+	switch p {
+	case CUDA:
+		return maxBatch * maxLength, 2
+	case CoreML:
+		return cpuBatchTokens, 1
+	}
+	return cpuBatchTokens, 2
+}
+
+// cpuBatchTokens is the token limit of one Score call on the CPU and
+// CoreML providers (batchLimits).
+const cpuBatchTokens = 8192
+
 // memorySettings is how a session treats memory: the CPU arena and
 // memory-pattern planning on or off, and whether each came from the load's
 // configuration or the provider's default.

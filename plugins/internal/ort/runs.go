@@ -89,3 +89,42 @@ func chunkRuns(lengths []int, maxBatch int) ([]runPlan, int) {
 	}
 	return runs, padded
 }
+
+// spreadRuns prepares runs for n runs at once: it splits the costliest run
+// (pairs × padded length) in two halves while there are fewer runs than n
+// or it alone exceeds an even share of the total, as long as it holds two
+// pairs or more; each half is padded to its own longest pair, so splitting
+// never adds padding. It returns the runs costliest first, the order in
+// which the workers take them, so that the last to start are the short
+// ones.
+func spreadRuns(runs []runPlan, lengths []int, n int) []runPlan {
+	cost := func(r runPlan) int { return len(r.pairs) * r.seq }
+	total := 0
+	for _, r := range runs {
+		total += cost(r)
+	}
+	half := func(pairs []int) runPlan {
+		r := runPlan{pairs: pairs}
+		for _, p := range pairs {
+			r.seq = max(r.seq, lengths[p])
+		}
+		return r
+	}
+	for len(runs) > 0 {
+		big := 0
+		for i, r := range runs {
+			if cost(r) > cost(runs[big]) {
+				big = i
+			}
+		}
+		r := runs[big]
+		if len(r.pairs) < 2 || (len(runs) >= n && cost(r)*n <= total) {
+			break
+		}
+		k := len(r.pairs) / 2
+		runs[big] = half(r.pairs[:k:k])
+		runs = append(runs, half(r.pairs[k:]))
+	}
+	slices.SortStableFunc(runs, func(a, b runPlan) int { return cost(b) - cost(a) })
+	return runs
+}

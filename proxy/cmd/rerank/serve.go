@@ -111,7 +111,7 @@ func serveFlags(fs *flag.FlagSet) (*serveConfig, map[string]string) {
 	num(&c.maxBodyBytes, "max-body-bytes", "RERANK_MAX_BODY_BYTES", api.DefaultMaxBodyBytes,
 		"The largest request body in bytes; a larger one is answered with 413. Default 2097152 (2 MiB).")
 	num(&c.threads, "threads", "RERANK_THREADS", 0,
-		"The number of threads one inference may use inside the plugin. Default 0 lets the plugin choose (the number of CPU cores).")
+		"The number of threads one inference run may use inside the plugin. Default 0 lets the plugin choose: the ONNX Runtime CPU plugin runs one thread per run and as many runs at once as there are CPUs (of the machine, or of the container's CPU limit), spreading each batch's length-matched runs over them; N > 0 runs N threads per run and CPUs/N runs at once. The CUDA and CoreML plugins run one batch at a time on ONNX Runtime's threads.")
 	str(&c.pluginDir, "plugin-dir", "RERANK_PLUGIN_DIR", "",
 		"The directory holding the plugin binaries rerank-KIND (rerank-onnx-cpu, rerank-onnx-cuda, rerank-onnx-coreml, and any other backend's). Default: the directory of this executable.")
 	str(&c.modelsFile, "models-file", "RERANK_MODELS_FILE", "",

@@ -37,9 +37,9 @@ func batchFlagsOn(fs *flag.FlagSet, b *batchFlags, env map[string]string) {
 	num(&b.windowMS, "micro-batch-window-ms", "MICRO_BATCH_WINDOW_MS", int(batch.DefaultWindow/time.Millisecond),
 		"How long, in milliseconds, the oldest waiting pair waits for others before a partial batch is sent; 0 sends at once whenever the plugin has a free slot. Default 10.")
 	num(&b.maxTokens, "micro-batch-max-tokens", "MICRO_BATCH_MAX_TOKENS", 0,
-		"The padded token budget of one batch (pairs times the longest pair's tokens, estimated before tokenization at 4 characters per token and capped by the model's max length). Default 0: per device the plugin reports, 8192 on cpu and coreml, the batch size × max length on cuda.")
+		"The padded token budget of one batch (pairs times the longest pair's tokens, estimated before tokenization at 4 characters per token and capped by the model's max length). It may lower the limit the plugin declares, never raise it. Default 0: the plugin's limit (the ONNX Runtime plugins declare 8192 on cpu and coreml, the batch size × max length on cuda), else per device the plugin reports, the same figures.")
 	num(&b.inFlight, "micro-batch-in-flight", "MICRO_BATCH_IN_FLIGHT", 0,
-		"The number of batches the plugin may run at once; the next batch forms while they run. Default 0: per device the plugin reports, 1 on cpu and coreml (one run already uses every core), 2 on cuda.")
+		"The number of batches the plugin may run at once; the next batch forms while they run. Default 0: as many as the plugin prefers (the ONNX Runtime plugins: 2 on cpu, where one batch's runs spread over every core and the next is sent and tokenized meanwhile, 1 on coreml, 2 on cuda), else per device the plugin reports, 1 on cpu and coreml, 2 on cuda.")
 	num(&b.maxQueue, "max-queue", "RERANKER_MAX_QUEUE", batch.DefaultMaxQueue,
 		"The most (query, candidate) pairs admitted and not yet answered; a request that would pass it is answered 429 with Retry-After. A single request bigger than the bound is still admitted when nothing else waits. Default 1000.")
 }
@@ -62,9 +62,11 @@ func (b *batchFlags) validate() error {
 }
 
 // batchConfig is the batcher's configuration for a model whose plugin
-// reported info (its device, max length and largest batch): the measured
-// per-device defaults, which the flags may lower (batch size) or tune
-// (window, token budget, batches in flight, queue bound).
+// reported info (its device, max length, largest batch, token limit and
+// preferred batches in flight): the plugin's report, else the measured
+// per-device defaults, which the flags may lower (batch size, and the token
+// budget below a limit the plugin declares) or tune (window, batches in
+// flight, queue bound).
 func batchConfig(b *batchFlags, info sdk.ModelInfo) batch.Config {
 	cfg := models.PluginBatchConfig(info)
 	if b.maxSize > 0 && b.maxSize < cfg.MaxBatchSize {
@@ -79,6 +81,9 @@ func batchConfig(b *batchFlags, info sdk.ModelInfo) batch.Config {
 	cfg.Window = time.Duration(b.windowMS) * time.Millisecond
 	if b.maxTokens > 0 {
 		cfg.MaxBatchTokens = b.maxTokens
+	}
+	if info.MaxBatchTokens > 0 {
+		cfg.MaxBatchTokens = min(cfg.MaxBatchTokens, info.MaxBatchTokens)
 	}
 	if b.inFlight > 0 {
 		cfg.MaxInFlight = b.inFlight

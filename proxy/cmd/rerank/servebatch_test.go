@@ -57,6 +57,41 @@ func TestBatchFlags(t *testing.T) {
 	f([]string{"--micro-batch=false"}, nil, "cpu", func(on bool, _, _, _, _ int, _ time.Duration) bool { return !on })
 }
 
+// TestBatchFlagsPluginLimits checks that a plugin's declared token limit and
+// preferred batches in flight (protocol minor version 3) set the pipeline's
+// defaults, that --micro-batch-max-tokens lowers the limit but never raises
+// it, and that --micro-batch-in-flight still overrides the preference.
+func TestBatchFlagsPluginLimits(t *testing.T) {
+	f := func(args []string, info sdk.ModelInfo, wantTokens, wantInFlight int) {
+		t.Helper()
+		c, err := parseServe(args, func(string) string { return "" }, io.Discard)
+		if err != nil {
+			t.Fatalf("parseServe(%q): %v", args, err)
+		}
+		info.MaxLength = c.maxLength
+		info.MaxBatchSize = 16384 / c.maxLength
+		cfg := batchConfig(&c.batch, info)
+		if cfg.MaxBatchTokens != wantTokens || cfg.MaxInFlight != wantInFlight {
+			t.Fatalf("parseServe(%q) with %+v: %d tokens, %d in flight; want %d, %d",
+				args, info, cfg.MaxBatchTokens, cfg.MaxInFlight, wantTokens, wantInFlight)
+		}
+	}
+	cpu := sdk.ModelInfo{Device: "cpu", MaxBatchTokens: 6000, PreferredInFlight: 2}
+	f(nil, cpu, 6000, 2)
+	f([]string{"--micro-batch-max-tokens", "4096"}, cpu, 4096, 2)
+	f([]string{"--micro-batch-max-tokens", "20000"}, cpu, 6000, 2) // never above the plugin's limit
+	f([]string{"--micro-batch-in-flight", "1"}, cpu, 6000, 1)
+	// A larger limit than the device default is the plugin's to declare.
+	f(nil, sdk.ModelInfo{Device: "cpu", MaxBatchTokens: 12000}, 12000, 1)
+	// A plugin before minor version 3 declares neither: the per-device
+	// defaults, and the flag alone sets the budget.
+	f(nil, sdk.ModelInfo{Device: "cpu"}, 8192, 1)
+	f([]string{"--micro-batch-max-tokens", "20000"}, sdk.ModelInfo{Device: "cpu"}, 20000, 1)
+	f(nil, sdk.ModelInfo{Device: "cuda"}, 32*512, 2)
+	// On cuda a lowered batch size lowers the budget, within the limit.
+	f([]string{"--micro-batch-max-size", "16"}, sdk.ModelInfo{Device: "cuda", MaxBatchTokens: 4096, PreferredInFlight: 3}, 4096, 3)
+}
+
 func TestBatchFlagErrors(t *testing.T) {
 	f := func(args []string, env map[string]string, want string) {
 		t.Helper()

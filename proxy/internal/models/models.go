@@ -846,7 +846,9 @@ func (s *stages) close() {
 
 // PluginBatchConfig is the micro-batcher's configuration for a plugin's
 // report: the measured per-device defaults (batch.ForDevice), with the
-// plugin's max length and largest batch.
+// plugin's max length, largest batch, token limit and preferred batches in
+// flight where it reports them (a plugin older than protocol minor version
+// 3 reports neither of the last two, and keeps the per-device defaults).
 func PluginBatchConfig(info sdk.ModelInfo) batch.Config {
 	cfg := batch.ForDevice(info.Device)
 	if info.MaxLength > 0 {
@@ -859,6 +861,12 @@ func PluginBatchConfig(info sdk.ModelInfo) batch.Config {
 		// A GPU runs a full batch in about the time of a small one: the
 		// token budget never splits a batch below its size.
 		cfg.MaxBatchTokens = cfg.MaxBatchSize * cfg.MaxLength
+	}
+	if info.MaxBatchTokens > 0 {
+		cfg.MaxBatchTokens = info.MaxBatchTokens
+	}
+	if info.PreferredInFlight > 0 {
+		cfg.MaxInFlight = info.PreferredInFlight
 	}
 	return cfg
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/backend"
+	"github.com/rerank-sidecar/rerank/proxy/internal/batch"
 	"github.com/rerank-sidecar/rerank/proxy/internal/cache"
 	"github.com/rerank-sidecar/rerank/proxy/internal/rerank"
 	"github.com/rerank-sidecar/rerank/sdk"
@@ -534,4 +535,25 @@ func TestSameWeightsKeepTheCache(t *testing.T) {
 	if got := m.Stats().PairsScored; got != 1 || m.CacheStats().Local.Hits != 2 {
 		t.Fatalf("after a restart with the same weights: %d pairs scored, cache %+v", got, m.CacheStats().Local)
 	}
+}
+
+// TestPluginBatchConfig checks that a model's batcher takes the limits its
+// plugin declares (token budget, batches in flight, batch size, max
+// length) and that a plugin declaring none (before protocol minor version
+// 3) keeps the per-device defaults.
+func TestPluginBatchConfig(t *testing.T) {
+	f := func(info sdk.ModelInfo, wantSize, wantTokens, wantInFlight, wantMaxLength int) {
+		t.Helper()
+		c := PluginBatchConfig(info)
+		if c.MaxBatchSize != wantSize || c.MaxBatchTokens != wantTokens || c.MaxInFlight != wantInFlight || c.MaxLength != wantMaxLength {
+			t.Fatalf("%+v: size %d, tokens %d, in flight %d, max length %d; want %d, %d, %d, %d", info,
+				c.MaxBatchSize, c.MaxBatchTokens, c.MaxInFlight, c.MaxLength, wantSize, wantTokens, wantInFlight, wantMaxLength)
+		}
+	}
+	cpu, cuda := batch.ForDevice(backend.CPU), batch.ForDevice(backend.CUDA)
+	f(sdk.ModelInfo{Device: backend.CPU}, cpu.MaxBatchSize, cpu.MaxBatchTokens, cpu.MaxInFlight, batch.DefaultMaxLength)
+	f(sdk.ModelInfo{Device: backend.CPU, MaxLength: 256, MaxBatchSize: 64}, 64, cpu.MaxBatchTokens, cpu.MaxInFlight, 256)
+	f(sdk.ModelInfo{Device: backend.CPU, MaxLength: 256, MaxBatchSize: 64, MaxBatchTokens: 4000, PreferredInFlight: 2}, 64, 4000, 2, 256)
+	f(sdk.ModelInfo{Device: backend.CUDA, MaxLength: 512, MaxBatchSize: 32}, 32, 32*512, cuda.MaxInFlight, 512)
+	f(sdk.ModelInfo{Device: backend.CUDA, MaxLength: 512, MaxBatchSize: 32, MaxBatchTokens: 8192, PreferredInFlight: 4}, 32, 8192, 4, 512)
 }

@@ -204,8 +204,17 @@ type ModelInfo struct {
 	Activation      string                 `protobuf:"bytes,10,opt,name=activation,proto3" json:"activation,omitempty"`
 	SdkMinorVersion uint32                 `protobuf:"varint,11,opt,name=sdk_minor_version,json=sdkMinorVersion,proto3" json:"sdk_minor_version,omitempty"`
 	Details         map[string]string      `protobuf:"bytes,12,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// max_batch_tokens is the most tokens one Score call should hold,
+	// counted as its pairs times its longest pair's tokens (padding
+	// included); 0 declares no limit. Minor version 3: an older plugin sends
+	// nothing, and the proxy keeps its per-device budget.
+	MaxBatchTokens int32 `protobuf:"varint,13,opt,name=max_batch_tokens,json=maxBatchTokens,proto3" json:"max_batch_tokens,omitempty"`
+	// preferred_in_flight is how many Score calls the backend wants running
+	// at once for its best throughput; 0 states no preference (minor
+	// version 3).
+	PreferredInFlight int32 `protobuf:"varint,14,opt,name=preferred_in_flight,json=preferredInFlight,proto3" json:"preferred_in_flight,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
@@ -320,6 +329,20 @@ func (x *ModelInfo) GetDetails() map[string]string {
 		return x.Details
 	}
 	return nil
+}
+
+func (x *ModelInfo) GetMaxBatchTokens() int32 {
+	if x != nil {
+		return x.MaxBatchTokens
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetPreferredInFlight() int32 {
+	if x != nil {
+		return x.PreferredInFlight
+	}
+	return 0
 }
 
 type LoadResponse struct {
@@ -720,7 +743,7 @@ const file_rerank_v1_rerank_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x10\n" +
 	"\x0e_disable_arenaB\x16\n" +
-	"\x14_disable_mem_pattern\"\xd1\x03\n" +
+	"\x14_disable_mem_pattern\"\xab\x04\n" +
 	"\tModelInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\tR\brevision\x12\x16\n" +
@@ -737,7 +760,9 @@ const file_rerank_v1_rerank_proto_rawDesc = "" +
 	" \x01(\tR\n" +
 	"activation\x12*\n" +
 	"\x11sdk_minor_version\x18\v \x01(\rR\x0fsdkMinorVersion\x12;\n" +
-	"\adetails\x18\f \x03(\v2!.rerank.v1.ModelInfo.DetailsEntryR\adetails\x1a:\n" +
+	"\adetails\x18\f \x03(\v2!.rerank.v1.ModelInfo.DetailsEntryR\adetails\x12(\n" +
+	"\x10max_batch_tokens\x18\r \x01(\x05R\x0emaxBatchTokens\x12.\n" +
+	"\x13preferred_in_flight\x18\x0e \x01(\x05R\x11preferredInFlight\x1a:\n" +
 	"\fDetailsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\":\n" +
