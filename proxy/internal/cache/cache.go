@@ -402,6 +402,11 @@ func (c *Cache) lead(ctx context.Context, pairs []sdk.Pair, keys string, scores 
 			c.flights.finish(keyAt(keys, it.i), it.f, 0, false)
 		}
 	}()
+	if c.local != nil {
+		if items = c.takeLocal(ctx, keys, scores, items); len(items) == 0 {
+			return nil
+		}
+	}
 	if c.remote == nil {
 		return c.compute(ctx, pairs, keys, scores, items, "", nil)
 	}
@@ -429,6 +434,28 @@ func (c *Cache) lead(ctx context.Context, pairs []sdk.Pair, keys string, scores 
 		return nil
 	}
 	return c.lockAndCompute(ctx, pairs, keys, scores, items)
+}
+
+// takeLocal answers the items the L1 holds now, and returns the others: a
+// flight of the same pair may have finished between the request's L1
+// lookup and its join, leaving no flight to join and the score in the L1
+// (a flight finishes after its scores are set there). Without this second
+// look such a pair was computed twice in one process.
+func (c *Cache) takeLocal(ctx context.Context, keys string, scores []float32, items []item) []item {
+	var rest []item
+	for _, it := range items {
+		k := keyAt(keys, it.i)
+		if v, ok := c.local.get(k); ok {
+			scores[it.i] = v
+			c.flights.finish(k, it.f, v, true)
+			continue
+		}
+		rest = append(rest, it)
+	}
+	if t := metrics.TallyFrom(ctx); t != nil {
+		t.L1 += len(items) - len(rest)
+	}
+	return rest
 }
 
 // takeHits answers the items whose Redis value vals[j] is valid, and

@@ -213,75 +213,54 @@ func TestStolenLockIsNotReleasedByNonOwner(t *testing.T) {
 	}
 }
 
-func TestWaiterComputesWhenLockOwnerIsGone(t *testing.T) {
-	srv := startRedis(t)
-	next := newCounting("m")
-	c := newTestCache(t, testConfig(srv.url()), testIdentity, next)
-	pairs := pairsOf("q", 0, 4)
-	rc := srv.client()
-	ctx := context.Background()
-	// A dead instance holds the locks of pairs 0 and 1 for a minute.
-	for i := range 2 {
-		rc.Set(ctx, lockKeyPrefix+redisKey(c.keyer.shared(pairs[i])), "dead-process:1", time.Minute)
-	}
-	// The request waits half its remaining time, then computes them.
-	rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-	defer cancel()
-	got, err := c.Score(rctx, pairs)
-	if err != nil {
-		t.Fatalf("Score: %v", err)
-	}
-	checkScores(t, next, pairs, got)
-	checkScoredOnce(t, next, pairs)
-	if st := c.Stats().Distributed; st.LockWaits != 2 {
-		t.Errorf("lock waits = %d, want 2", st.LockWaits)
-	}
-	// The dead instance's locks are still its own.
-	if n := len(srv.keys(lockKeyPrefix + "*")); n != 2 {
-		t.Errorf("%d locks in Redis, want the dead instance's 2", n)
-	}
-}
-
-// TestOwnLeftoverLockIsTakenOver: a lock call that timed out here but that
-// a slow Redis carried out late leaves a lock with this cache's token that
-// nobody will release (the request computed its pairs without it). Within
+// TestLeftoverLocks: a request meets the locks of pairs 0 and 1 held for a
+// minute with nobody computing them. Another instance's locks (a dead
+// process's) are waited for half the request's remaining time, then the
+// pairs are computed and the locks left to their owner. A lock of this
+// cache's own token is a leftover of its own: a lock call that timed out
+// here but that a slow Redis carried out late, or a failed release (within
 // one process a pair in flight is joined in memory, never through its Redis
-// lock, so the leader of a pair that meets a lock of its own cache's token
-// meets such a leftover: it must take the lock over, not wait for it as for
-// another instance's (which cost requests up to half their deadline in
-// TestChaosRedisSlow).
-func TestOwnLeftoverLockIsTakenOver(t *testing.T) {
+// lock). It is taken over at once, not waited for as another instance's
+// (which cost requests up to half their deadline in TestChaosRedisSlow),
+// and released with the scores stored.
+func TestLeftoverLocks(t *testing.T) {
 	srv := startRedis(t)
-	next := newCounting("m")
-	cfg := testConfig(srv.url())
-	cfg.Local.Enabled = false
-	c := newTestCache(t, cfg, testIdentity, next)
-	pairs := pairsOf("q", 0, 4)
-	rc := srv.client()
-	ctx := context.Background()
-	for i := range 2 {
-		rc.Set(ctx, lockKeyPrefix+redisKey(c.keyer.shared(pairs[i])), c.remote.newToken(), time.Minute)
+	f := func(name string, owner func(c *Cache) string, timeout time.Duration, wantWaits uint64, wantLocks int) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			srv.client().FlushAll(ctx)
+			next := newCounting("m")
+			cfg := testConfig(srv.url())
+			cfg.Local.Enabled = false
+			c := newTestCache(t, cfg, testIdentity, next)
+			pairs := pairsOf("q", 0, 4)
+			for i := range 2 {
+				srv.client().Set(ctx, lockKeyPrefix+redisKey(c.keyer.shared(pairs[i])), owner(c), time.Minute)
+			}
+			rctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			got, err := c.Score(rctx, pairs)
+			if err != nil {
+				t.Fatalf("Score: %v", err)
+			}
+			checkScores(t, next, pairs, got)
+			checkScoredOnce(t, next, pairs)
+			if st := c.Stats().Distributed; st.LockWaits != wantWaits {
+				t.Errorf("lock waits = %d, want %d", st.LockWaits, wantWaits)
+			}
+			if n := len(srv.keys(lockKeyPrefix + "*")); n != wantLocks {
+				t.Errorf("%d locks in Redis, want %d", n, wantLocks)
+			}
+			if n := len(srv.keys(redisKeyPrefix + "*")); n != 4 {
+				t.Errorf("%d scores in Redis, want 4", n)
+			}
+		})
 	}
-	// Waiting for the leftovers would take half of these 4 s, and then
-	// the pairs would be computed without their locks.
-	rctx, cancel := context.WithTimeout(ctx, 4*time.Second)
-	defer cancel()
-	got, err := c.Score(rctx, pairs)
-	if err != nil {
-		t.Fatalf("Score: %v", err)
-	}
-	checkScores(t, next, pairs, got)
-	checkScoredOnce(t, next, pairs)
-	if st := c.Stats().Distributed; st.LockWaits != 0 {
-		t.Errorf("lock waits = %d: the request waited for locks its own cache left behind", st.LockWaits)
-	}
-	// Taken over, the leftovers were released with the scores stored.
-	if n := len(srv.keys(lockKeyPrefix + "*")); n != 0 {
-		t.Errorf("%d locks left in Redis, want none", n)
-	}
-	if n := len(srv.keys(redisKeyPrefix + "*")); n != 4 {
-		t.Errorf("%d scores in Redis, want 4", n)
-	}
+	// 200 ms: the wait for the dead instance's locks is half of it.
+	f("another instance's are waited for", func(*Cache) string { return "dead-process:1" }, 200*time.Millisecond, 2, 2)
+	// 4 s: waiting for them would take 2 s, and then compute the pairs
+	// without their locks.
+	f("own are taken over", func(c *Cache) string { return c.remote.newToken() }, 4*time.Second, 0, 0)
 }
 
 func TestWaiterWakesWhenOwnerFinishes(t *testing.T) {
