@@ -188,6 +188,9 @@ func (e *Engine) Load(ctx context.Context, cfg sdk.LoadConfig) (sdk.ModelInfo, e
 		return sdk.ModelInfo{}, err
 	}
 	e.state, e.message, e.model = sdk.StateReady, "", m
+	if why := m.info.Details["rebuilt"]; why != "" {
+		e.log.Warn("conversion cache entry was damaged and has been rebuilt", "entry", m.info.Details["conversion_cache"], "reason", why)
+	}
 	e.log.Info("model loaded", "model", m.info.Name, "file", m.info.Details["model_file"], "revision", m.info.Revision,
 		"device", m.info.Device, "precision", m.info.Precision, "source", m.info.Source, "activation", m.info.Activation,
 		"max_length", m.info.MaxLength, "max_batch_size", m.info.MaxBatchSize,
