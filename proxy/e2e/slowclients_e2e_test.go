@@ -70,6 +70,21 @@ func (o *slowOutcome) record(held time.Duration, status int, want int, err error
 	}
 }
 
+// dial opens a connection to addr, counted, or records why it could not.
+func (o *slowOutcome) dial(addr string) (net.Conn, error) {
+	c, err := net.Dial("tcp", addr)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err != nil {
+		if o.other == "" {
+			o.other = "dial: " + err.Error()
+		}
+		return nil, err
+	}
+	o.conns++
+	return c, nil
+}
+
 // statusOf reads an HTTP status line from r and skips the rest of the
 // answer; 0 when none came.
 func statusOf(r *bufio.Reader) int {
@@ -91,19 +106,11 @@ func statusOf(r *bufio.Reader) int {
 // within limit is recorded as held that long.
 func trickle(addr, head, tail string, interval, limit time.Duration, end time.Time, o *slowOutcome) {
 	for time.Now().Before(end) {
-		c, err := net.Dial("tcp", addr)
+		c, err := o.dial(addr)
 		if err != nil {
-			o.mu.Lock()
-			if o.other == "" {
-				o.other = "dial: " + err.Error()
-			}
-			o.mu.Unlock()
 			time.Sleep(interval)
 			continue
 		}
-		o.mu.Lock()
-		o.conns++
-		o.mu.Unlock()
 		start := time.Now()
 		stop := make(chan struct{})
 		go func() {
@@ -147,19 +154,11 @@ func idleKeepAlive(addr string, limit time.Duration, end <-chan struct{}, o *slo
 			return
 		default:
 		}
-		c, err := net.Dial("tcp", addr)
+		c, err := o.dial(addr)
 		if err != nil {
-			o.mu.Lock()
-			if o.other == "" {
-				o.other = "dial: " + err.Error()
-			}
-			o.mu.Unlock()
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
-		o.mu.Lock()
-		o.conns++
-		o.mu.Unlock()
 		c.SetDeadline(time.Now().Add(limit))
 		r := bufio.NewReader(c)
 		io.WriteString(c, "GET /health HTTP/1.1\r\nHost: rerank\r\n\r\n")
