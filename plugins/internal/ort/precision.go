@@ -14,6 +14,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/cpu"
 
@@ -249,6 +250,7 @@ func convertedModel(cfg sdk.LoadConfig, src sourceModel, p sdk.Precision) (model
 	// at Go's default pacing. Collecting early keeps the peak near the live
 	// memory for a few more collections of a heap that is almost all
 	// pointer-free tensor bytes, so cheap to mark.
+	removeStaleTemporaries(root, time.Now())
 	defer debug.SetGCPercent(debug.SetGCPercent(conversionGCPercent))
 	m, err := buildSource(cfg.ModelDir, src)
 	if err != nil {
@@ -409,6 +411,40 @@ func writeCached(root, key string, m *onnxpb.ModelProto) (err error) {
 	}
 	syncDir(root)
 	return nil
+}
+
+// staleTemporaryAge is how long a conversion's temporary directory may go
+// unwritten before it counts as abandoned: a conversion writes its files
+// within minutes, so one untouched for an hour belongs to a process that was
+// killed while writing (its deferred removal never ran).
+const staleTemporaryAge = time.Hour
+
+// removeStaleTemporaries removes the temporary directories under root
+// (.tmp-…) that nothing has written for staleTemporaryAge, so that writes cut
+// short by a killed process do not fill the disk over time.
+func removeStaleTemporaries(root string, now time.Time) {
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), ".tmp-") {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		newest := time.Time{}
+		_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+			if err == nil {
+				if info, err := d.Info(); err == nil && info.ModTime().After(newest) {
+					newest = info.ModTime()
+				}
+			}
+			return nil
+		})
+		if !newest.IsZero() && now.Sub(newest) > staleTemporaryAge {
+			os.RemoveAll(dir)
+		}
+	}
 }
 
 // identityFile, in a conversion cache entry, holds the identity (see

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	ortgo "github.com/yalue/onnxruntime_go"
@@ -483,4 +484,40 @@ func TestDamagedCacheEntryIsRebuilt(t *testing.T) {
 		return os.WriteFile(model, b, 0o644)
 	})
 	f("no identity (an entry written before identities)", func() error { return os.Remove(filepath.Join(entry, identityFile)) })
+}
+
+// A temporary directory left by a conversion whose process was killed while
+// writing is removed once nothing has written it for an hour; a recent one
+// (a conversion running in another process) is kept.
+func TestStaleTemporariesAreRemoved(t *testing.T) {
+	root := t.TempDir()
+	mk := func(name string, age time.Duration) {
+		t.Helper()
+		dir := filepath.Join(root, name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		file := filepath.Join(dir, ".model.onnx.tmp1")
+		if err := os.WriteFile(file, []byte("partial"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		at := time.Now().Add(-age)
+		for _, p := range []string{file, dir} {
+			if err := os.Chtimes(p, at, at); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	mk(".tmp-int8-old-1", 2*time.Hour)
+	mk(".tmp-int8-recent-2", time.Minute)
+	mk("int8-entry", 48*time.Hour) // a complete entry, however old, stays
+	removeStaleTemporaries(root, time.Now())
+	var left []string
+	entries, _ := os.ReadDir(root)
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	if strings.Join(left, " ") != ".tmp-int8-recent-2 int8-entry" {
+		t.Fatalf("left %v, want the recent temporary and the entry", left)
+	}
 }
