@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/hashicorp/go-hclog"
@@ -202,10 +203,20 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("load: %w", err)
 	}
+	// phases times the load's steps for the "model loaded" log line: what
+	// a restart spends where (docs/RELIABILITY.md).
+	phases := make([]any, 0, 10)
+	mark := time.Now()
+	phase := func(name string) {
+		now := time.Now()
+		phases = append(phases, name, now.Sub(mark).Round(100*time.Microsecond).String())
+		mark = now
+	}
 	libPath, err := initRuntime()
 	if err != nil {
 		return nil, err
 	}
+	phase("runtime_init")
 	// A missing execution provider is reported before the model is read
 	// (hashing a large model file takes seconds), so a proxy choosing a
 	// backend automatically can fall back at once.
@@ -216,6 +227,7 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 	if err != nil {
 		return nil, err
 	}
+	phase("resolve")
 	mc, err := readModelConfig(cfg.ModelDir)
 	if err != nil {
 		return nil, err
@@ -267,6 +279,7 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ort: cannot load tokenizer: %v (in %q): %w", err, tokPath, sdk.ErrInvalidInput)
 	}
+	phase("tokenizer")
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("load: %w", err)
 	}
@@ -274,6 +287,7 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 	if err != nil {
 		return nil, err
 	}
+	phase("inspect")
 	inputs, err := feedInputs(gio)
 	if err != nil {
 		return nil, err
@@ -296,6 +310,8 @@ func (e *Engine) load(ctx context.Context, cfg sdk.LoadConfig) (*model, error) {
 	if err != nil {
 		return nil, err
 	}
+	phase("session")
+	e.log.Info("load phases", phases...)
 	arena, pattern := mem.details()
 	maxTokens, inFlight := e.provider.batchLimits(maxBatch, maxLength)
 	names := make([]string, len(inputs))

@@ -27,6 +27,8 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/rerank-sidecar/rerank/proxy/internal/metrics"
 	"github.com/rerank-sidecar/rerank/sdk"
@@ -316,6 +318,9 @@ func launch(ctx context.Context, dir, kind string, cfg Config, logger hclog.Logg
 	if cmd.Process != nil {
 		p.pid = cmd.Process.Pid
 	}
+	if g, ok := rpc.(*plugin.GRPCClient); ok {
+		go p.watchConn(g.Conn)
+	}
 	logger.Info("model loaded", "plugin", name, "pid", p.pid, "model", info.Name, "device", info.Device,
 		"precision", info.Precision, "source", info.Source, "revision", info.Revision,
 		"max_length", info.MaxLength, "max_batch_size", info.MaxBatchSize, "activation", info.Activation,
@@ -426,6 +431,35 @@ func (p *Plugin) Close() error {
 // crash is noticed within it even when no request is running.
 const pollInterval = 250 * time.Millisecond
 
+// exitPolls and exitPollInterval bound the close look after a broken
+// connection: go-plugin reaps a killed process within milliseconds; 100 ×
+// 5 ms covers a loaded machine, after which the regular poll takes over.
+const (
+	exitPolls        = 100
+	exitPollInterval = 5 * time.Millisecond
+)
+
+// watchConn pokes the watcher whenever the plugin's gRPC connection leaves
+// the ready state, as it does the moment the process dies: a crash is seen
+// within milliseconds even when no call is running, not at the next poll.
+func (p *Plugin) watchConn(conn *grpc.ClientConn) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-p.exited
+		cancel()
+	}()
+	state := conn.GetState()
+	for conn.WaitForStateChange(ctx, state) {
+		if state = conn.GetState(); state != connectivity.Ready {
+			select {
+			case p.check <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
 // watch closes exited once the process is gone: killed by Close, or dead.
 func (p *Plugin) watch() {
 	defer close(p.exited)
@@ -438,6 +472,16 @@ func (p *Plugin) watch() {
 			return
 		case <-tick.C:
 		case <-p.check:
+			// A call or the connection found it broken: the process is
+			// gone, or about to be reaped. Look closely for a moment
+			// rather than until the next tick: requests wait for the
+			// restart this starts.
+			for i := 0; i < exitPolls && !p.client.Exited(); i++ {
+				select {
+				case <-p.closed:
+				case <-time.After(exitPollInterval):
+				}
+			}
 		}
 		if p.client.Exited() {
 			p.logger.Error("plugin process exited unexpectedly", "plugin", Binary(p.kind), "pid", p.pid)
