@@ -397,6 +397,13 @@ func (p *Plugin) Score(ctx context.Context, pairs []sdk.Pair) ([]float32, error)
 		}()
 	}
 	scores, err := p.backend.Score(sdk.WithUsage(ctx, &usage), pairs)
+	if err != nil && ctx.Err() == nil && !errors.Is(err, sdk.ErrUnavailable) && p.client.Exited() {
+		// The process died during the call, and the watcher closed its
+		// connection before gRPC reported the break: the call failed as
+		// "canceled" (the connection is closing), but it was lost in a
+		// crash, and is sent again like one.
+		err = fmt.Errorf("the plugin process died during the call (%v): %w", err, sdk.ErrUnavailable)
+	}
 	if err != nil {
 		if errors.Is(err, sdk.ErrUnavailable) {
 			// The connection broke: have the watcher look now rather than
