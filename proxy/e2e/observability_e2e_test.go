@@ -463,6 +463,30 @@ func TestTracingIntoPlugin(t *testing.T) {
 		}
 		return nil
 	}
+	attr := func(sp *receivedSpan, key string) string {
+		for _, a := range sp.GetAttributes() {
+			if a.GetKey() == key {
+				v := a.GetValue()
+				if v.GetStringValue() != "" {
+					return v.GetStringValue()
+				}
+				return strconv.FormatInt(v.GetIntValue(), 10)
+			}
+		}
+		return ""
+	}
+	// runPairs sums the pairs of the trace's ort.run spans: the plugin may
+	// split a call into several runs, one per CPU at once.
+	runPairs := func(spans []*receivedSpan) int {
+		n := 0
+		for _, sp := range spans {
+			if sp.GetName() == "ort.run" && hex.EncodeToString(sp.GetTraceId()) == traceID {
+				k, _ := strconv.Atoi(attr(sp, "rerank.batch_size"))
+				n += k
+			}
+		}
+		return n
+	}
 	want := []string{"POST /v1/rerank", "rerank.cache", "rerank.batch.wait", "rerank.batch", "rerank.plugin.score", "ort.tokenize", "ort.run"}
 	var spans []*receivedSpan
 	limit := time.Now().Add(time.Minute) // stops a broken exporter from hanging the test
@@ -475,8 +499,11 @@ func TestTracingIntoPlugin(t *testing.T) {
 				break
 			}
 		}
-		if missing == "" {
+		if missing == "" && runPairs(spans) >= 3 {
 			break
+		}
+		if missing == "" {
+			missing = "ort.run (all 3 pairs)"
 		}
 		if time.Now().After(limit) {
 			var got []string
@@ -490,18 +517,6 @@ func TestTracingIntoPlugin(t *testing.T) {
 	byID := map[string]*receivedSpan{}
 	for _, sp := range spans {
 		byID[hex.EncodeToString(sp.GetSpanId())] = sp
-	}
-	attr := func(sp *receivedSpan, key string) string {
-		for _, a := range sp.GetAttributes() {
-			if a.GetKey() == key {
-				v := a.GetValue()
-				if v.GetStringValue() != "" {
-					return v.GetStringValue()
-				}
-				return strconv.FormatInt(v.GetIntValue(), 10)
-			}
-		}
-		return ""
 	}
 	root := byName(spans, "POST /v1/rerank")
 	if got := hex.EncodeToString(root.GetParentSpanId()); got != parentID {
@@ -548,7 +563,7 @@ func TestTracingIntoPlugin(t *testing.T) {
 			t.Errorf("span %s's ancestors %q: want the proxy's plugin call and, at the top, the HTTP span", name, names)
 		}
 	}
-	if run := byName(spans, "ort.run"); attr(run, "rerank.batch_size") != "3" {
-		t.Errorf("ort.run batch size %q, want 3", attr(run, "rerank.batch_size"))
+	if n := runPairs(spans); n != 3 {
+		t.Errorf("the ort.run spans hold %d pairs, want 3", n)
 	}
 }
