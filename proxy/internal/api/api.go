@@ -353,22 +353,39 @@ func (s *Server) handleTransportError(ctx *fasthttp.RequestCtx, err error) {
 		// The client did not send its request within the read timeout
 		// (a slowloris, or a link too slow for its body).
 		s.readTimeouts.Add(1)
-		writeDetail(ctx, fasthttp.StatusRequestTimeout,
+		writeTransportError(ctx, fasthttp.StatusRequestTimeout,
 			fmt.Sprintf("Request timeout: the request was not received within %v", s.cfg.Conn.ReadTimeout))
 	case errors.As(err, &small):
-		writeDetail(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge,
+		writeTransportError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge,
 			fmt.Sprintf("Request header too large: the limit is %d bytes", readBufferSize))
 	default:
-		writeDetail(ctx, fasthttp.StatusBadRequest, "Invalid HTTP request received.")
+		writeTransportError(ctx, fasthttp.StatusBadRequest, "Invalid HTTP request received.")
 	}
 	s.end(ctx, s.routes[string(ctx.Path())], x)
+}
+
+// writeTransportError writes an error found before the request was read
+// whole (its body is not there to choose a dialect by) in the shape of its
+// path's route: Cohere's {"message"} on /v2/rerank, which speaks Cohere
+// only, FastAPI's {"detail"} elsewhere (the seed's routes, and Jina's on
+// /rerank, which TEI shares: without the body the two cannot be told apart,
+// and Jina's shape is FastAPI's). Only a body refused for its declared
+// length keeps its path: fasthttp resets the request when reading its
+// headers or body fails (a read timeout, a malformed header), so those
+// errors get FastAPI's shape on every route.
+func writeTransportError(ctx *fasthttp.RequestCtx, code int, msg string) {
+	if string(ctx.Path()) == "/v2/rerank" {
+		writeDialectError(ctx, cohereV2, code, msg)
+		return
+	}
+	writeDetail(ctx, code, msg)
 }
 
 // refuseTooLarge answers 413 and counts the rejection.
 func (s *Server) refuseTooLarge(ctx *fasthttp.RequestCtx) {
 	s.tooLarge.Add(1)
 	s.cfg.Metrics.Reject("", metrics.ReasonTooLarge)
-	writeDetail(ctx, fasthttp.StatusRequestEntityTooLarge,
+	writeTransportError(ctx, fasthttp.StatusRequestEntityTooLarge,
 		fmt.Sprintf("Request body too large: the limit is %d bytes", s.cfg.MaxBodyBytes))
 }
 

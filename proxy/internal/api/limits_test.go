@@ -3,6 +3,7 @@ package api
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -176,4 +177,39 @@ func TestAcceptWaitsOutTemporaryErrors(t *testing.T) {
 	if temporaryAcceptError(net.ErrClosed) || temporaryAcceptError(errors.New("x")) || !temporaryAcceptError(emfile) {
 		t.Fatal("temporaryAcceptError misclassifies")
 	}
+}
+
+// A body over the limit, refused before it is read, is answered in the
+// shape of its path's route: Cohere's {"message"} on /v2/rerank, whose
+// clients read that key only; FastAPI's {"detail"} on the seed's route and
+// on /rerank. Before, every route got {"detail"}. A request whose headers
+// or body failed to read comes without its path (fasthttp resets the
+// request on those errors) and keeps FastAPI's shape everywhere.
+func TestTransportErrorsInTheRoutesShape(t *testing.T) {
+	_, addr := tcpServer(t, Config{MaxBodyBytes: 1 << 10, Conn: ConnLimits{ReadTimeout: 300 * time.Millisecond}})
+	f := func(path, sent string, wantCode int, wantPrefix string) {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.WriteString(c, strings.ReplaceAll(sent, "PATH", path)); err != nil {
+			t.Fatal(err)
+		}
+		code, body := readAnswer(t, c)
+		if code != wantCode || !strings.HasPrefix(body, wantPrefix) {
+			t.Fatalf("%s %q: %d %s, want %d %s…", path, sent, code, body, wantCode, wantPrefix)
+		}
+	}
+	big := strings.Repeat("a", 2<<10)
+	tooLarge := fmt.Sprintf("POST PATH HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(big), big)
+	slow := "POST PATH HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"query\":"
+	bad := "POST PATH HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n"
+	f("/v2/rerank", tooLarge, http.StatusRequestEntityTooLarge, `{"message":"Request body too large`)
+	f("/v1/rerank", tooLarge, http.StatusRequestEntityTooLarge, `{"detail":"Request body too large`)
+	f("/rerank", tooLarge, http.StatusRequestEntityTooLarge, `{"detail":"Request body too large`)
+	f("/v2/rerank", slow, http.StatusRequestTimeout, `{"detail":"Request timeout`)
+	f("/v2/rerank", bad, http.StatusBadRequest, `{"detail":"Invalid HTTP request`)
 }
