@@ -295,6 +295,17 @@ func TestKeepAliveUnloadsAndReloads(t *testing.T) {
 	before, _ := score(t, r, "", "abc")
 	first := l.last("m")
 	st := waitState(t, m, Unloaded)
+	// The plugin is closed in the background once the model is marked
+	// unloaded (the registry's lock is not held over a process exit): wait
+	// for that close, not for a time.
+	m.mu.Lock()
+	closing := m.closing
+	m.mu.Unlock()
+	select {
+	case <-closing:
+	case <-time.After(time.Minute):
+		t.Fatal("the unloaded plugin's close did not finish within a minute")
+	}
 	if !first.closed.Load() {
 		t.Fatal("the plugin was not stopped on unload")
 	}
