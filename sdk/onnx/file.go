@@ -274,49 +274,33 @@ type wireReader struct {
 
 // model reads a ModelProto of n bytes. It returns the model without its
 // initializers' raw_data, and the raw_data of each initializer in order
-// (nil for one without).
+// (nil for one without). A repeated graph field merges into one message, as
+// Unmarshal merges it: the initializers of every occurrence add up in order.
 func (w *wireReader) model(n int64) (skeleton []byte, raws [][]byte, err error) {
-	end := w.pos + n
-	for w.pos < end {
-		num, typ, tag, err := w.tag()
-		if err != nil {
-			return nil, nil, err
-		}
-		if num != modelGraphField || typ != protowire.BytesType {
-			if skeleton, err = w.copyField(skeleton, tag, typ, end); err != nil {
-				return nil, nil, err
-			}
-			continue
-		}
-		size, err := w.length(end)
-		if err != nil {
-			return nil, nil, err
-		}
-		g, r, err := w.graph(size)
-		if err != nil {
-			return nil, nil, err
-		}
-		// A repeated graph field merges into one message, as Unmarshal
-		// merges it: the initializers of every occurrence add up in order.
-		raws = append(raws, r...)
-		skeleton = protowire.AppendVarint(skeleton, tag)
-		skeleton = protowire.AppendBytes(skeleton, g)
-	}
-	if w.pos != end {
-		return nil, nil, errors.New("a field runs past the end of the file")
-	}
-	return skeleton, raws, nil
+	return w.message(n, modelGraphField, w.graph, "a field runs past the end of the file")
 }
 
 // graph reads a GraphProto of n bytes, as model does.
 func (w *wireReader) graph(n int64) (skeleton []byte, raws [][]byte, err error) {
+	return w.message(n, graphInitializerField, func(size int64) ([]byte, [][]byte, error) {
+		t, raw, err := w.tensor(size)
+		return t, [][]byte{raw}, err
+	}, "a graph field runs past the end of the graph")
+}
+
+// message reads a message of n bytes, copying every field into skeleton
+// but the length-delimited field num, whose payload sub reads: its
+// skeleton takes the field's place and the raw_data it took out is
+// appended to raws. overrun is the error of a field that runs past the
+// message's end.
+func (w *wireReader) message(n int64, num protowire.Number, sub func(size int64) ([]byte, [][]byte, error), overrun string) (skeleton []byte, raws [][]byte, err error) {
 	end := w.pos + n
 	for w.pos < end {
-		num, typ, tag, err := w.tag()
+		got, typ, tag, err := w.tag()
 		if err != nil {
 			return nil, nil, err
 		}
-		if num != graphInitializerField || typ != protowire.BytesType {
+		if got != num || typ != protowire.BytesType {
 			if skeleton, err = w.copyField(skeleton, tag, typ, end); err != nil {
 				return nil, nil, err
 			}
@@ -326,16 +310,16 @@ func (w *wireReader) graph(n int64) (skeleton []byte, raws [][]byte, err error) 
 		if err != nil {
 			return nil, nil, err
 		}
-		t, raw, err := w.tensor(size)
+		part, r, err := sub(size)
 		if err != nil {
 			return nil, nil, err
 		}
-		raws = append(raws, raw)
+		raws = append(raws, r...)
 		skeleton = protowire.AppendVarint(skeleton, tag)
-		skeleton = protowire.AppendBytes(skeleton, t)
+		skeleton = protowire.AppendBytes(skeleton, part)
 	}
 	if w.pos != end {
-		return nil, nil, errors.New("a graph field runs past the end of the graph")
+		return nil, nil, errors.New(overrun)
 	}
 	return skeleton, raws, nil
 }
